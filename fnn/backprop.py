@@ -1,0 +1,391 @@
+"""Gradients two ways, and the proof that they agree.
+
+``value_and_grad(model, loss, method=...)`` gives the loss and its parameter
+gradient either by JAX's autodiff (``method="autodiff"``) or by the chain rule
+written by hand: each layer's ``backward`` called in reverse order from the
+loss's own hand-written gradient (``method="manual"``). ``check`` and
+``check_layer`` compare the two, and autodiff against central finite
+differences in float64, leaf by leaf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fnn.protocol import Layer
+
+METHODS = ("autodiff", "manual")
+
+# Tolerances of `check`, all comparisons in float64. Manual and autodiff
+# gradients differ only by round-off; central differences with step EPS carry
+# O(EPS**2) truncation and O(1e-16 / EPS) cancellation error.
+MANUAL_RTOL = 1e-6
+FD_RTOL = 1e-5
+ATOL = 1e-10
+EPS = 1e-6
+
+
+def _check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def value_and_grad(model: Layer, loss, method: str = "autodiff", *, train=True):
+    """Builds ``f(params, state, x, y, *, key=None) -> ((loss, new_state), grads)``.
+
+    Args:
+      model: a :class:`~fnn.protocol.Layer`, usually a ``serial`` network.
+      loss: ``loss(pred, target) -> scalar``; for ``method="manual"`` it must
+        also carry a hand-written ``loss.grad(pred, target)`` (all of
+        :mod:`fnn.losses` do).
+      method: ``"autodiff"`` (``jax.value_and_grad`` through ``model.apply``)
+        or ``"manual"`` (``model.forward``, ``loss.grad``, ``model.backward``).
+      train: runs the model in training mode (dropout on, batch statistics).
+
+    Returns:
+      A pure function, ready for ``jax.jit`` and ``jax.vmap``; ``grads`` has
+      the structure of ``params``.
+    """
+    _check_method(method)
+    if method == "autodiff":
+
+        def objective(params, state, x, y, key):
+            pred, new_state = model.apply(params, state, x, key=key, train=train)
+            return loss(pred, y), new_state
+
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+        def autodiff(params, state, x, y, *, key=None):
+            return grad_fn(params, state, x, y, key)
+
+        return autodiff
+
+    if not callable(getattr(loss, "grad", None)):
+        raise TypeError(
+            f"method='manual' needs a loss with a hand-written gradient "
+            f"`loss.grad(pred, target)`; {loss!r} has none. Use a loss from "
+            f"fnn.losses or method='autodiff'."
+        )
+
+    def manual(params, state, x, y, *, key=None):
+        pred, new_state, cache = model.forward(params, state, x, key=key, train=train)
+        grads, _ = model.backward(params, cache, loss.grad(pred, y))
+        return (loss(pred, y), new_state), grads
+
+    return manual
+
+
+# --------------------------------------------------------------------------
+# Checks
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafCheck:
+    """One row of a gradient report: a parameter leaf (or the input ``x``)."""
+
+    path: str
+    shape: tuple
+    manual_abs: float  # max |manual - autodiff|
+    manual_rel: float  # manual_abs / max |autodiff|
+    fd_abs: float  # |<autodiff, t> - central difference along t|, NaN if skipped
+    fd_rel: float
+
+    @property
+    def ok(self) -> bool:
+        manual_ok = self.manual_abs <= ATOL or self.manual_rel <= MANUAL_RTOL
+        fd_ok = (
+            np.isnan(self.fd_abs) or self.fd_abs <= ATOL or self.fd_rel <= FD_RTOL
+        )
+        return bool(manual_ok and fd_ok)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradCheckReport:
+    """Per-leaf comparison of manual, autodiff and finite-difference gradients.
+
+    ``report.ok`` is true when every leaf passes; ``str(report)`` is a table.
+    """
+
+    rows: tuple[LeafCheck, ...]
+    loss: float
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def failures(self) -> tuple[LeafCheck, ...]:
+        return tuple(row for row in self.rows if not row.ok)
+
+    def __str__(self) -> str:
+        width = max([len("leaf")] + [len(r.path) for r in self.rows])
+        head = (
+            f"{'leaf':<{width}}  {'shape':<14} {'manual-autodiff':>16} "
+            f"{'(rel)':>9} {'autodiff-fd':>12} {'(rel)':>9}  ok"
+        )
+        lines = [f"gradient check, float64, loss {self.loss:.6g}", head]
+        for r in self.rows:
+            lines.append(
+                f"{r.path:<{width}}  {str(r.shape):<14} {r.manual_abs:>16.2e} "
+                f"{r.manual_rel:>9.1e} {r.fd_abs:>12.2e} {r.fd_rel:>9.1e}  "
+                f"{'yes' if r.ok else 'NO'}"
+            )
+        verdict = "all leaves agree" if self.ok else f"{len(self.failures())} FAILED"
+        lines.append(
+            f"{verdict} (tolerances: manual rel {MANUAL_RTOL:g}, fd rel {FD_RTOL:g})"
+        )
+        return "\n".join(lines)
+
+
+def _to_float64(tree):
+    def cast(leaf):
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.astype(jnp.float64)
+        return leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def _errors(manual, autodiff) -> tuple[float, float]:
+    """Max abs difference, and that relative to the largest autodiff entry."""
+    manual, autodiff = np.asarray(manual), np.asarray(autodiff)
+    if manual.shape != autodiff.shape:
+        raise ValueError(
+            f"manual gradient has shape {manual.shape}, autodiff {autodiff.shape}"
+        )
+    if manual.size == 0:
+        return 0.0, 0.0
+    err = float(np.max(np.abs(manual - autodiff)))
+    return err, err / max(float(np.max(np.abs(autodiff))), 1e-300)
+
+
+def _compare(scalar_fn, primals, manual, autodiff, *, finite_differences, seed):
+    """One :class:`LeafCheck` per floating leaf of ``primals``.
+
+    ``scalar_fn(primals) -> scalar`` is the function both gradients are of.
+    The finite difference for leaf ``i`` moves only that leaf, along a random
+    unit direction ``t``, and is compared with ``<autodiff_i, t>``.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(primals)
+    manual_leaves, autodiff_leaves = jax.tree.leaves(manual), jax.tree.leaves(autodiff)
+    if len(manual_leaves) != len(flat):
+        raise ValueError(
+            f"manual gradient has {len(manual_leaves)} leaves where the "
+            f"primals have {len(flat)}: a backward returned the wrong structure"
+        )
+    scalar_fn = jax.jit(scalar_fn)
+    keys = jax.random.split(jax.random.key(seed), max(len(flat), 1))
+    zeros = [jnp.zeros_like(leaf) for _, leaf in flat]
+    rows = []
+    for i, ((path, leaf), m, a) in enumerate(zip(flat, manual_leaves, autodiff_leaves)):
+        m_abs, m_rel = _errors(m, a)
+        f_abs = f_rel = float("nan")
+        if finite_differences and leaf.size:
+            t = jax.random.normal(keys[i], leaf.shape, leaf.dtype)
+            t = t / jnp.linalg.norm(t)
+            step = jax.tree.unflatten(treedef, zeros[:i] + [EPS * t] + zeros[i + 1 :])
+            plus = scalar_fn(jax.tree.map(jnp.add, primals, step))
+            minus = scalar_fn(jax.tree.map(jnp.subtract, primals, step))
+            numeric = float((plus - minus) / (2 * EPS))
+            predicted = float(jnp.vdot(a, t))
+            f_abs = abs(predicted - numeric)
+            f_rel = f_abs / max(abs(predicted), abs(numeric), 1e-300)
+        name = jax.tree_util.keystr(path) or "(root)"
+        rows.append(LeafCheck(name, tuple(leaf.shape), m_abs, m_rel, f_abs, f_rel))
+    return tuple(rows)
+
+
+def check(
+    model: Layer,
+    loss,
+    params,
+    state,
+    x,
+    y,
+    *,
+    key=None,
+    finite_differences=True,
+    train=True,
+    seed=0,
+) -> GradCheckReport:
+    """Compares manual, autodiff and finite-difference gradients of a loss.
+
+    Everything runs in float64 (inside a scoped ``jax.enable_x64``). For each
+    parameter leaf the report holds the max abs and relative error of the
+    manual gradient against autodiff, and of autodiff against a central
+    finite difference along a random unit direction (as
+    ``jax.test_util.check_vjp`` does).
+
+    Args:
+      model, loss: as for :func:`value_and_grad`.
+      params, state, x, y: the point to check at; a small batch is enough.
+      key: PRNG key for layers that need one in training. Every evaluation
+        uses the same key, so dropout masks stay fixed.
+      finite_differences: also compare autodiff with finite differences.
+      train: check the training-mode gradient (dropout, batch statistics).
+      seed: seeds the random finite-difference directions.
+
+    Returns:
+      A :class:`GradCheckReport`: ``report.ok``, ``print(report)``.
+    """
+    with jax.enable_x64(True):
+        params, state, x, y = _to_float64((params, state, x, y))
+        (value, _), auto = jax.jit(
+            value_and_grad(model, loss, "autodiff", train=train)
+        )(params, state, x, y, key=key)
+        _, manual = jax.jit(value_and_grad(model, loss, "manual", train=train))(
+            params, state, x, y, key=key
+        )
+
+        def loss_of(p):
+            return loss(model.apply(p, state, x, key=key, train=train)[0], y)
+
+        rows = _compare(
+            loss_of, params, manual, auto,
+            finite_differences=finite_differences, seed=seed,
+        )
+        return GradCheckReport(rows, float(value))
+
+
+def check_layer(
+    layer: Layer,
+    params,
+    state,
+    x,
+    *,
+    key=None,
+    train=False,
+    finite_differences=True,
+    seed=0,
+) -> GradCheckReport:
+    """Checks one layer's hand-written ``backward``, for params and input.
+
+    A random cotangent ``c`` shaped like the layer's output is pulled back by
+    ``layer.backward`` and by ``jax.vjp`` of ``layer.apply``; both are
+    compared, and ``jax.vjp``'s against central finite differences of
+    ``<apply(params, x), c>``, all in float64. Rows are named
+    ``['params']...`` and ``['x']``; an integer ``x`` (token ids) has no
+    gradient and no row.
+    """
+    with jax.enable_x64(True):
+        params, state, x = _to_float64((params, state, x))
+        diff_x = all(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree.leaves(x))
+
+        def out(p, xx):
+            return layer.apply(p, state, xx, key=key, train=train)[0]
+
+        y, pullback = jax.vjp(out, params, x) if diff_x else jax.vjp(
+            lambda p: out(p, x), params
+        )
+        cot = _random_like(jax.random.key(seed + 1), y)
+        auto = pullback(cot)
+        _, _, cache = layer.forward(params, state, x, key=key, train=train)
+        dparams, dx = layer.backward(params, cache, cot)
+
+        def scalar(primals):
+            xx = primals["x"] if diff_x else x
+            leaves = jax.tree.leaves(jax.tree.map(jnp.vdot, out(primals["params"], xx), cot))
+            return sum(leaves)
+
+        primals = {"params": params, "x": x} if diff_x else {"params": params}
+        manual = {"params": dparams, "x": dx} if diff_x else {"params": dparams}
+        autodiff = {"params": auto[0], "x": auto[1]} if diff_x else {"params": auto[0]}
+        rows = _compare(
+            scalar, primals, manual, autodiff,
+            finite_differences=finite_differences, seed=seed,
+        )
+        return GradCheckReport(rows, float(scalar(primals)))
+
+
+def _random_like(key, tree):
+    """Standard-normal arrays shaped like each leaf of ``tree``."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return jax.tree.unflatten(
+        treedef,
+        [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)],
+    )
+
+
+# --------------------------------------------------------------------------
+# Using the hand-written backward from autodiff
+
+
+def _zero_cotangent(tree):
+    """Zero cotangents for inputs that are not differentiated (state, keys)."""
+
+    def zero(leaf):
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            return jnp.zeros_like(leaf)
+        return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
+
+    return jax.tree.map(zero, tree)
+
+
+def manual_vjp(layer: Layer) -> Layer:
+    """The same layer, whose autodiff runs its hand-written ``backward``.
+
+    ``apply`` is wrapped in ``jax.custom_vjp``: ``jax.grad`` of a model built
+    from ``manual_vjp`` layers never differentiates their forward, it calls
+    ``layer.backward`` on the cache instead. Mixing wrapped and plain layers
+    in one model is fine; ``state`` and ``key`` get zero cotangents.
+    """
+
+    def apply(params, state, x, key, train):
+        @jax.custom_vjp
+        def run(params, state, x, key):
+            y, new_state, _ = layer.forward(params, state, x, key=key, train=train)
+            return y, new_state
+
+        def run_fwd(params, state, x, key):
+            y, new_state, cache = layer.forward(params, state, x, key=key, train=train)
+            return (y, new_state), (params, state, key, cache)
+
+        def run_bwd(residuals, cotangents):
+            params, state, key, cache = residuals
+            dy, _ = cotangents  # the new state is not differentiated
+            dparams, dx = layer.backward(params, cache, dy)
+            return dparams, _zero_cotangent(state), dx, _zero_cotangent(key)
+
+        run.defvjp(run_fwd, run_bwd)
+        return run(params, state, x, key)
+
+    def forward(params, state, x, *, key=None, train=False):
+        y, new_state = apply(params, state, x, key, train)
+        # The cache of the wrapped layer is still what its backward needs.
+        _, _, cache = layer.forward(params, state, x, key=key, train=train)
+        return y, new_state, cache
+
+    return Layer(layer.init, forward, layer.backward, f"manual_vjp({layer.name})",
+                 (layer,))
+
+
+# --------------------------------------------------------------------------
+# Inspecting gradients
+
+
+def grad_norms(grads) -> dict[str, jax.Array]:
+    """The L2 norm of each layer's gradient, keyed like ``'[2]'`` or ``"['w']"``.
+
+    For a ``serial`` model's gradient (a tuple, one entry per layer) this is
+    one norm per layer; layers without parameters are left out. Any other
+    tree gives one norm per top-level entry.
+    """
+    if isinstance(grads, (tuple, list)):
+        items = [(jax.tree_util.SequenceKey(i), g) for i, g in enumerate(grads)]
+    elif isinstance(grads, dict):
+        items = [(jax.tree_util.DictKey(k), g) for k, g in grads.items()]
+    else:
+        return {"(root)": optax.global_norm(grads)}
+    return {
+        jax.tree_util.keystr((k,)): optax.global_norm(g)
+        for k, g in items
+        if jax.tree.leaves(g)
+    }

@@ -1,0 +1,42 @@
+"""Inverted dropout: ``Dropout(rate)``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fnn.protocol import Layer, check_shape, require_key
+
+
+def Dropout(rate: float) -> Layer:
+    """Zeroes each unit with probability ``rate`` in training.
+
+    ``rate`` is the probability that an element is *dropped* (haiku's
+    meaning, not stax's). Kept units are scaled by ``1 / (1 - rate)`` so the
+    expected activation is unchanged and evaluation is the identity.
+    Training needs a PRNG ``key``.
+
+    Per example: any shape, unchanged. No parameters.
+
+    Backward: the same mask and scale, ``dx = dy * mask / (1 - rate)``.
+    """
+    if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+        raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
+    name = f"Dropout({rate})"
+    scale = 1.0 / (1.0 - rate)
+
+    def init(key, input_shape):
+        return check_shape(name, input_shape), (), ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        if not train or rate == 0.0:
+            return x, state, ()
+        keep = jax.random.bernoulli(require_key(name, key), 1.0 - rate, x.shape)
+        return jnp.where(keep, x * scale, 0), state, keep
+
+    def backward(params, keep, dy):
+        if isinstance(keep, tuple):  # evaluation: the identity
+            return (), dy
+        return (), jnp.where(keep, dy * scale, 0)
+
+    return Layer(init, forward, backward, name)
