@@ -383,9 +383,9 @@ def grad_norms(grads) -> dict[str, jax.Array]:
     elif isinstance(grads, dict):
         items = [(jax.tree_util.DictKey(k), g) for k, g in grads.items()]
     else:
-        return {"(root)": optax.global_norm(grads)}
+        return {"(root)": optax.tree.norm(grads)}
     return {
-        jax.tree_util.keystr((k,)): optax.global_norm(g)
+        jax.tree_util.keystr((k,)): optax.tree.norm(g)
         for k, g in items
         if jax.tree.leaves(g)
     }

@@ -32,8 +32,9 @@ gradient 0 at margin exactly 1 (as ``relu'(0) = 0``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,12 @@ Params = Any  # a pytree of arrays
 BCE_EPS = 1e-7
 
 
-class Loss(NamedTuple):
+# Frozen dataclasses rather than NamedTuples: ``jax.jit(loss)`` needs a weak
+# reference to the callable, and a record of functions must not be a pytree.
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
     """A loss: ``value(pred, target) -> scalar`` and its hand-written gradient.
 
     Attributes:
@@ -66,7 +72,8 @@ class Loss(NamedTuple):
         return f"fnn.losses.{self.name}"
 
 
-class Penalty(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Penalty:
     """A weight penalty: ``value(params) -> scalar`` and its gradient tree.
 
     Attributes:

@@ -1,0 +1,113 @@
+"""Optimisers as ``optax.GradientTransformation`` s, the update rules written out.
+
+Each optimiser is a thin composition (as in optax's ``alias.py``): a
+transformation that turns gradients into a direction, then
+``optax.scale_by_learning_rate``, which multiplies by ``-learning_rate`` and
+accepts a float or an optax schedule ``step -> learning_rate``. Because they
+are plain optax transformations, anything optax offers composes with them::
+
+    optax.chain(optax.clip_by_global_norm(1.0), fnn.optim.adam(1e-3))
+
+and any optax optimiser works wherever an fnn one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+
+
+def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
+    """Plain gradient descent: ``w <- w - lr * g``."""
+    return optax.scale_by_learning_rate(learning_rate)
+
+
+class MomentumState(NamedTuple):
+    velocity: optax.Updates  # shaped like params: the running sum of gradients
+
+
+def scale_by_momentum(beta: float = 0.9, nesterov: bool = False):
+    """``v <- beta * v + g``; the direction is ``v``, or ``g + beta * v``
+    with Nesterov's look-ahead."""
+
+    def init(params):
+        return MomentumState(jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None):
+        velocity = jax.tree.map(lambda v, g: beta * v + g, state.velocity, grads)
+        if nesterov:
+            direction = jax.tree.map(lambda v, g: beta * v + g, velocity, grads)
+        else:
+            direction = velocity
+        return direction, MomentumState(velocity)
+
+    return optax.GradientTransformation(init, update)
+
+
+def momentum(
+    learning_rate: ScalarOrSchedule, beta: float = 0.9, nesterov: bool = False
+) -> optax.GradientTransformation:
+    """Gradient descent with momentum: ``v <- beta v + g``, ``w <- w - lr v``.
+
+    Matches ``optax.sgd(learning_rate, momentum=beta, nesterov=nesterov)``.
+    """
+    return optax.chain(
+        scale_by_momentum(beta, nesterov), optax.scale_by_learning_rate(learning_rate)
+    )
+
+
+class AdamState(NamedTuple):
+    count: jax.Array  # shape=(), dtype=jnp.int32: steps taken
+    mu: optax.Updates  # shaped like params: first moment, EMA of g
+    nu: optax.Updates  # shaped like params: second moment, EMA of g**2
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """Adam's direction with bias-corrected moments::
+
+        m <- b1 m + (1 - b1) g          m_hat = m / (1 - b1**t)
+        v <- b2 v + (1 - b2) g**2       v_hat = v / (1 - b2**t)
+        direction = m_hat / (sqrt(v_hat) + eps)
+    """
+
+    def init(params):
+        # Two separate trees: one shared tree could not be donated twice.
+        mu = jax.tree.map(jnp.zeros_like, params)
+        nu = jax.tree.map(jnp.zeros_like, params)
+        return AdamState(jnp.zeros((), jnp.int32), mu, nu)
+
+    def update(grads, state, params=None):
+        count = optax.safe_increment(state.count)
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+        t = count.astype(jnp.float32)
+        mu_correction, nu_correction = 1 - b1**t, 1 - b2**t
+        direction = jax.tree.map(
+            lambda m, v: (m / mu_correction) / (jnp.sqrt(v / nu_correction) + eps),
+            mu,
+            nu,
+        )
+        return direction, AdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def adam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba, 2015): ``w <- w - lr * m_hat / (sqrt(v_hat) + eps)``.
+
+    Matches ``optax.adam`` with the same arguments.
+    """
+    return optax.chain(
+        scale_by_adam(b1, b2, eps), optax.scale_by_learning_rate(learning_rate)
+    )

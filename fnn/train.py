@@ -1,0 +1,272 @@
+"""Training: one jitted step, a whole epoch as one compiled scan, and ``fit``.
+
+``make_step`` returns the step a JAX user would write by hand::
+
+    (loss, state), grads = value_and_grad(params, state, x, y, key=key)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+
+jitted once, with the old parameters, state and optimizer state donated so
+XLA updates them in place. ``fit`` runs each epoch as one compiled
+``lax.scan`` over shuffled minibatches (shuffling on the device), so an epoch
+costs one Python call, not one per minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fnn import backprop, losses
+from fnn.protocol import Layer
+
+
+def _step_fn(model: Layer, loss, optimizer, method: str) -> Callable:
+    grad_fn = backprop.value_and_grad(model, loss, method)
+
+    def step(params, state, opt_state, x, y, key):
+        (value, state), grads = grad_fn(params, state, x, y, key=key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    return step
+
+
+def make_step(
+    model: Layer,
+    loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    method: str = "autodiff",
+) -> Callable:
+    """A jitted training step.
+
+    Returns:
+      ``step(params, state, opt_state, x, y, key) -> (params, state,
+      opt_state, loss)``. ``params``, ``state`` and ``opt_state`` are donated:
+      do not use the ones you passed in after the call. ``key`` feeds
+      dropout; pass a fresh one each step (``None`` when the model has no
+      randomness).
+    """
+    return jax.jit(_step_fn(model, loss, optimizer, method), donate_argnums=(0, 1, 2))
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    model: Layer, loss, params, state, x, y, *, batch_size: int = 1024
+) -> dict[str, float]:
+    """Mean loss (and accuracy, for integer labels) in evaluation mode.
+
+    Runs over ``x`` in batches of ``batch_size`` so large test sets fit in
+    memory; the result weighs each batch by its size.
+
+    Returns:
+      ``{"loss": float, "accuracy": float}``; ``accuracy`` only when ``y``
+      holds integer class labels.
+    """
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"evaluate: x has {n} examples but y has {len(y)}")
+    classify = jnp.issubdtype(jnp.asarray(y[:1]).dtype, jnp.integer)
+    fn = _eval_fn(model, loss, classify)
+    totals = np.zeros(2)
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        totals += len(xb) * np.asarray(fn(params, state, xb, yb))
+    out = {"loss": float(totals[0] / n)}
+    if classify:
+        out["accuracy"] = float(totals[1] / n)
+    return out
+
+
+def _eval_fn(model, loss, classify):
+    @jax.jit
+    def metrics(params, state, x, y):
+        pred, _ = model.apply(params, state, x, train=False)
+        acc = losses.accuracy(pred, y) if classify else jnp.float32(0)
+        return jnp.stack([loss(pred, y), acc])
+
+    return metrics
+
+
+# --------------------------------------------------------------------------
+# fit
+
+
+class FitResult(NamedTuple):
+    """What ``fit`` returns."""
+
+    params: Any  # the best parameters (lowest monitored loss) when patience is set
+    state: Any  # the model state that goes with them
+    opt_state: Any  # the optimizer state at the end of training
+    history: dict  # per-epoch lists: "train_loss", "val_loss", "val_accuracy", "time"
+    stopped: str | None  # why training stopped early, or None
+
+
+def _epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
+    """One epoch (or its first ``num_steps`` steps) as one compiled scan."""
+
+    def epoch(params, state, opt_state, x, y, key):
+        perm_key, step_key = jax.random.split(key)
+        perm = jax.random.permutation(perm_key, len(x))
+        batches = perm[: num_steps * batch_size].reshape(num_steps, batch_size)
+        keys = jax.random.split(step_key, num_steps)
+
+        def body(carry, batch):
+            idx, k = batch
+            params, state, opt_state, value = step(*carry, x[idx], y[idx], k)
+            return (params, state, opt_state), value
+
+        carry, values = jax.lax.scan(body, (params, state, opt_state), (batches, keys))
+        return (*carry, values)
+
+    return jax.jit(epoch, donate_argnums=(0, 1, 2))
+
+
+def _copy(tree):
+    # Kept results must own their buffers: the next step donates its inputs.
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _progress(enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+
+    def show(epoch, epochs, text):
+        if enabled:
+            done = int(30 * epoch / epochs)
+            bar = "#" * done + "." * (30 - done)
+            end = "\n" if epoch == epochs else ""
+            print(f"\r[{bar}] epoch {epoch}/{epochs} {text}", end=end, file=sys.stderr)
+
+    return show
+
+
+def fit(
+    model: Layer,
+    loss,
+    optimizer: optax.GradientTransformation,
+    params,
+    state,
+    train_data: tuple,
+    *,
+    key: jax.Array,
+    epochs: int = 10,
+    batch_size: int = 128,
+    validation_data: tuple | None = None,
+    method: str = "autodiff",
+    patience: int | None = None,
+    opt_state=None,
+    progress: bool | None = None,
+    verbose: bool = False,
+) -> FitResult:
+    """Trains ``model`` on ``train_data = (x, y)`` with shuffled minibatches.
+
+    Each epoch is one compiled ``lax.scan`` over ``len(x) // batch_size``
+    minibatches drawn from a fresh on-device permutation; the last partial
+    batch is left out of that epoch (a different one each epoch).
+
+    Args:
+      model, loss, optimizer: what to train, on which loss, how.
+      params, state: where to start (``model.init``'s output).
+      train_data: ``(x, y)`` arrays with a leading example axis.
+      key: PRNG key for shuffling and dropout.
+      epochs, batch_size: how long, in how large steps.
+      validation_data: ``(x, y)`` evaluated after every epoch.
+      method: ``"autodiff"`` or ``"manual"`` gradients.
+      patience: stop when the monitored loss (validation loss, else training
+        loss) has not improved for this many epochs, and return the
+        parameters of the best epoch.
+      opt_state: resume from this optimizer state (default: a fresh one).
+      progress: show a progress bar on stderr (default: when it is a tty).
+      verbose: print one line per epoch to stdout.
+
+    Returns:
+      A :class:`FitResult`. If a step's loss is not finite, training stops,
+      ``stopped`` names the epoch and step, and the parameters are those
+      after the last finite step.
+    """
+    x, y = (jnp.asarray(a) for a in train_data)
+    if len(x) != len(y):
+        raise ValueError(f"fit: x has {len(x)} examples but y has {len(y)}")
+    num_steps = len(x) // batch_size
+    if batch_size <= 0 or num_steps == 0:
+        raise ValueError(
+            f"fit: batch_size must be in [1, {len(x)}] (the number of examples), "
+            f"got {batch_size}"
+        )
+    step = _step_fn(model, loss, optimizer, method)
+    run_epoch = _epoch_fn(step, batch_size, num_steps)
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    params, state, opt_state = _copy((params, state, opt_state))
+    history = {"train_loss": [], "time": []}
+    if validation_data is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    best, best_loss, since_best, stopped = None, math.inf, 0, None
+    show = _progress(progress)
+
+    for epoch in range(1, epochs + 1):
+        key, epoch_key = jax.random.split(key)
+        before = _copy((params, state, opt_state))
+        tic = time.perf_counter()
+        params, state, opt_state, values = run_epoch(
+            params, state, opt_state, x, y, epoch_key
+        )
+        values = np.asarray(values)
+        history["time"].append(time.perf_counter() - tic)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.argmin(np.isfinite(values)))
+            stopped = (
+                f"non-finite loss {values[bad]} at epoch {epoch}, step {bad + 1}; "
+                f"returning the parameters after step {bad}"
+            )
+            params, state, opt_state = before
+            if bad:
+                params, state, opt_state, _ = _epoch_fn(step, batch_size, bad)(
+                    params, state, opt_state, x, y, epoch_key
+                )
+            history["time"].pop()
+            break
+        history["train_loss"].append(float(values.mean()))
+        monitored = history["train_loss"][-1]
+        text = f"train loss {monitored:.4f}"
+        if validation_data is not None:
+            metrics = evaluate(model, loss, params, state, *validation_data)
+            history["val_loss"].append(metrics["loss"])
+            history["val_accuracy"].append(metrics.get("accuracy", math.nan))
+            monitored = metrics["loss"]
+            text += f"  val loss {metrics['loss']:.4f}"
+            if "accuracy" in metrics:
+                text += f"  val accuracy {metrics['accuracy']:.4f}"
+        show(epoch, epochs, text)
+        if verbose:
+            print(f"epoch {epoch:3d}  {text}  ({history['time'][-1]:.2f} s)")
+        if patience is not None:
+            if monitored < best_loss:
+                best, best_loss, since_best = _copy((params, state)), monitored, 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    stopped = (
+                        f"early stopping at epoch {epoch}: no improvement in "
+                        f"{patience} epochs"
+                    )
+                    break
+    if stopped and progress is not False and sys.stderr.isatty():
+        print(file=sys.stderr)
+    if stopped and verbose:
+        print(stopped)
+    if patience is not None and best is not None:
+        params, state = best
+    return FitResult(params, state, opt_state, history, stopped)
