@@ -24,10 +24,12 @@ METHODS = ("autodiff", "manual")
 
 # Tolerances of `check`, all comparisons in float64. Manual and autodiff
 # gradients differ only by round-off; central differences with step EPS carry
-# O(EPS**2) truncation and O(1e-16 / EPS) cancellation error.
+# O(EPS**2) truncation and O(|f| * 1e-16 / EPS) cancellation error, so their
+# absolute tolerance scales with the function's value: FD_ATOL * max(1, |f|).
 MANUAL_RTOL = 1e-6
 FD_RTOL = 1e-5
 ATOL = 1e-10
+FD_ATOL = 1e-8
 EPS = 1e-6
 
 
@@ -95,12 +97,13 @@ class LeafCheck:
     manual_rel: float  # manual_abs / max |autodiff|
     fd_abs: float  # |<autodiff, t> - central difference along t|, NaN if skipped
     fd_rel: float
+    fd_atol: float = FD_ATOL  # round-off allowance of the difference quotient
 
     @property
     def ok(self) -> bool:
         manual_ok = self.manual_abs <= ATOL or self.manual_rel <= MANUAL_RTOL
         fd_ok = (
-            np.isnan(self.fd_abs) or self.fd_abs <= ATOL or self.fd_rel <= FD_RTOL
+            np.isnan(self.fd_abs) or self.fd_abs <= self.fd_atol or self.fd_rel <= FD_RTOL
         )
         return bool(manual_ok and fd_ok)
 
@@ -180,6 +183,7 @@ def _compare(scalar_fn, primals, manual, autodiff, *, finite_differences, seed):
             f"primals have {len(flat)}: a backward returned the wrong structure"
         )
     scalar_fn = jax.jit(scalar_fn)
+    fd_atol = FD_ATOL * max(1.0, abs(float(scalar_fn(primals))))
     keys = jax.random.split(jax.random.key(seed), max(len(flat), 1))
     zeros = [jnp.zeros_like(leaf) for _, leaf in flat]
     rows = []
@@ -197,7 +201,9 @@ def _compare(scalar_fn, primals, manual, autodiff, *, finite_differences, seed):
             f_abs = abs(predicted - numeric)
             f_rel = f_abs / max(abs(predicted), abs(numeric), 1e-300)
         name = jax.tree_util.keystr(path) or "(root)"
-        rows.append(LeafCheck(name, tuple(leaf.shape), m_abs, m_rel, f_abs, f_rel))
+        rows.append(
+            LeafCheck(name, tuple(leaf.shape), m_abs, m_rel, f_abs, f_rel, fd_atol)
+        )
     return tuple(rows)
 
 

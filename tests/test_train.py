@@ -1,0 +1,148 @@
+"""fnn.train: steps compile once, fit learns, stops early and on NaN."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fnn import data, losses, optim, train
+from fnn import layers as L
+
+KEY = jax.random.key(0)
+
+
+def classifier():
+    return L.serial(L.Dense(64), L.Relu, L.Dense(64), L.BatchNorm(), L.Relu,
+                    L.Dropout(0.1), L.Dense(3))
+
+
+def spirals():
+    x, y = data.spirals(384, classes=3, noise=0.02)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+class CountingLoss:
+    """A loss that counts how often it is traced (called from Python)."""
+
+    def __init__(self, loss):
+        self.loss, self.traces = loss, 0
+
+    def __call__(self, pred, y):
+        self.traces += 1
+        return self.loss(pred, y)
+
+    def grad(self, pred, y):
+        return self.loss.grad(pred, y)
+
+
+@pytest.mark.parametrize("method", ["autodiff", "manual"])
+def test_make_step_compiles_once_and_donates(method):
+    model = classifier()
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    loss = CountingLoss(losses.softmax_cross_entropy)
+    opt = optim.adam(1e-2)
+    step = train.make_step(model, loss, opt, method=method)
+    opt_state = opt.init(params)
+    values = []
+    for i in range(5):
+        old = params
+        params, state, opt_state, value = step(
+            params, state, opt_state, x[:64], y[:64], jax.random.key(i)
+        )
+        values.append(float(value))
+    assert loss.traces == 1
+    assert values[-1] < values[0]
+    assert jax.tree.leaves(old)[0].is_deleted()  # the old parameters were donated
+
+
+def test_fit_learns_spirals_and_records_history():
+    model = classifier()
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    result = train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params,
+                       state, (x, y), key=KEY, epochs=30, batch_size=32,
+                       validation_data=(x, y))
+    assert len(result.history["train_loss"]) == 30
+    assert result.history["train_loss"][-1] < 0.5 * result.history["train_loss"][0]
+    metrics = train.evaluate(model, losses.softmax_cross_entropy, result.params,
+                             result.state, x, y)
+    assert metrics["accuracy"] > 0.85
+    assert metrics["accuracy"] == pytest.approx(result.history["val_accuracy"][-1])
+    assert result.stopped is None
+
+
+def test_fit_manual_and_autodiff_train_alike():
+    model = L.serial(L.Dense(16), L.Tanh, L.Dense(3))
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    runs = [
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
+                  (x, y), key=KEY, epochs=3, batch_size=64, method=m)
+        for m in ("autodiff", "manual")
+    ]
+    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_matches_a_direct_computation():
+    model = L.serial(L.Dense(3))
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    metrics = train.evaluate(model, losses.softmax_cross_entropy, params, state, x, y,
+                             batch_size=100)  # uneven last batch
+    logits, _ = model.apply(params, state, x)
+    assert metrics["loss"] == pytest.approx(float(losses.softmax_cross_entropy(logits, y)),
+                                            rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(float(jnp.mean(logits.argmax(-1) == y)))
+
+
+def test_early_stopping_returns_the_best_parameters():
+    model = L.serial(L.Dense(64), L.Relu, L.Dense(64), L.Relu, L.Dense(3))
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    # Validation labels are noise, so validation loss soon stops improving.
+    y_noise = jax.random.randint(KEY, y.shape, 0, 3)
+    result = train.fit(model, losses.softmax_cross_entropy, optim.adam(3e-2), params,
+                       state, (x, y), key=KEY, epochs=50, batch_size=32,
+                       validation_data=(x, y_noise), patience=3)
+    history = result.history["val_loss"]
+    assert result.stopped and "early stopping" in result.stopped
+    assert len(history) < 50
+    best = int(np.argmin(history))
+    assert len(history) == best + 1 + 3
+    final = train.evaluate(model, losses.softmax_cross_entropy, result.params,
+                           result.state, x, y_noise)
+    assert final["loss"] == pytest.approx(history[best], rel=1e-5)
+
+
+def test_fit_stops_on_a_non_finite_loss_keeping_the_last_finite_parameters():
+    model = L.serial(L.Dense(1, kernel_init=jax.nn.initializers.ones))
+    x = jnp.ones((64, 4))
+    y = jnp.zeros((64, 1))
+    _, params, state = model.init(KEY, (4,))
+    # Plain gradient descent with a huge rate diverges geometrically to inf.
+    result = train.fit(model, losses.mse, optim.sgd(1e3), params, state, (x, y),
+                       key=KEY, epochs=3, batch_size=16)
+    match = re.search(r"non-finite loss \S+ at epoch (\d+), step (\d+)", result.stopped)
+    assert match, result.stopped
+    epoch, step = map(int, match.groups())
+    assert len(result.history["train_loss"]) == epoch - 1  # finished epochs only
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(result.params))
+    # Every batch is the same here, so the returned (finite) parameters are the
+    # ones on which the failing step saw its non-finite loss.
+    pred, _ = model.apply(result.params, result.state, x)
+    assert not np.isfinite(float(losses.mse(pred, y)))
+
+
+def test_fit_rejects_mismatched_data_and_bad_batch_size():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    with pytest.raises(ValueError, match="x has 10 examples but y has 9"):
+        train.fit(model, losses.mse, optim.sgd(0.1), params, state,
+                  (jnp.ones((10, 2)), jnp.ones((9, 3))), key=KEY)
+    with pytest.raises(ValueError, match="batch_size"):
+        train.fit(model, losses.mse, optim.sgd(0.1), params, state,
+                  (jnp.ones((10, 2)), jnp.ones((10, 3))), key=KEY, batch_size=11)
