@@ -33,8 +33,12 @@ DEFAULTS = {  # dataset: (epochs, batch size, hidden units, learning rate)
 
 
 def deep_mlp(hidden: int, num_classes: int = 10, rate: float = 0.2) -> L.Layer:
-    """Flatten, then (Dense, BatchNorm, ReLU, Dropout) x 2, then Dense logits."""
-    block = (L.Dense(hidden), L.BatchNorm(), L.Relu, L.Dropout(rate))
+    """Flatten, then (Dense, BatchNorm, ReLU, Dropout) x 2, then Dense logits.
+
+    The Dense layers before BatchNorm have no bias: batch norm subtracts the
+    mean, so a bias there has zero gradient and its own shift does the job.
+    """
+    block = (L.Dense(hidden, use_bias=False), L.BatchNorm(), L.Relu, L.Dropout(rate))
     return L.serial(L.Flatten(), *block, *block, L.Dense(num_classes))
 
 

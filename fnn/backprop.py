@@ -395,3 +395,45 @@ def grad_norms(grads) -> dict[str, jax.Array]:
         for k, g in items
         if jax.tree.leaves(g)
     }
+
+
+# --------------------------------------------------------------------------
+# Per-example gradients
+
+
+def per_example_grads(model: Layer, loss, method: str = "autodiff", *, train=True):
+    """Builds ``f(params, state, x, y, *, key=None) -> (losses, grads)``.
+
+    ``losses`` has shape ``(N,)`` and every leaf of ``grads`` a leading axis
+    of ``N``: the gradient of each example's loss on its own, by
+    ``jax.vmap`` over batches of one (either gradient method). Their mean is
+    the batch gradient. Undefined for batch norm, which couples the examples
+    of a batch: a model with state is refused. Each example gets its own
+    dropout key, split from ``key``.
+    """
+    grad_fn = value_and_grad(model, loss, method, train=train)
+
+    def one(params, state, x, y, key):
+        (value, _), grads = grad_fn(params, state, x[None], y[None], key=key)
+        return value, grads
+
+    def f(params, state, x, y, *, key=None):
+        if jax.tree.leaves(state):
+            raise ValueError(
+                "per_example_grads: the model has state (batch norm?), which "
+                "couples the examples of a batch; per-example gradients are "
+                "undefined. Use LayerNorm, or no normalisation."
+            )
+        keys = None if key is None else jax.random.split(key, len(x))
+        return jax.vmap(one, in_axes=(None, None, 0, 0, 0 if keys is not None else None))(
+            params, state, x, y, keys
+        )
+
+    return f
+
+
+def per_example_norms(grads) -> jax.Array:
+    """Global L2 norm of each example's gradient: shape ``(N,)``."""
+    squares = [jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
+               for g in jax.tree.leaves(grads)]
+    return jnp.sqrt(sum(squares))

@@ -88,29 +88,6 @@ def test_manual_and_autodiff_agree_in_float32():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_vmap_gives_per_example_gradients_with_both_methods():
-    model = L.serial(L.Dense(6), L.Tanh, L.Dense(3))
-    _, params, state, x, y = setup(model, n=5)
-    per_example = {}
-    for method in backprop.METHODS:
-        f = backprop.value_and_grad(model, losses.softmax_cross_entropy, method)
-
-        def one(xi, yi, f=f):
-            (value, _), grads = f(params, state, xi[None], yi[None])
-            return value, grads
-
-        per_example[method] = jax.jit(jax.vmap(one))(x, y)
-    for a, b in zip(jax.tree.leaves(per_example["autodiff"]),
-                    jax.tree.leaves(per_example["manual"])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # The mean of per-example gradients is the batch gradient.
-    f = backprop.value_and_grad(model, losses.softmax_cross_entropy, "manual")
-    _, batch = f(params, state, x, y)
-    mean = jax.tree.map(lambda g: g.mean(0), per_example["manual"][1])
-    for a, b in zip(jax.tree.leaves(mean), jax.tree.leaves(batch)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
 def test_manual_vjp_makes_jax_grad_use_the_hand_written_backward():
     model, params, state, x, y = setup()
     wrapped = backprop.manual_vjp(model)
@@ -148,3 +125,30 @@ def test_grad_norms_one_per_layer_with_params():
     assert list(norms) == ["[0]", "[1]", "[4]"]
     expected = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads[4])))
     np.testing.assert_allclose(norms["[4]"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", backprop.METHODS)
+def test_per_example_grads_match_one_example_at_a_time(method):
+    model = L.serial(L.Dense(6), L.Tanh, L.Dropout(0.3), L.Dense(3))
+    _, params, state, x, y = setup(model, n=4)
+    f = backprop.per_example_grads(model, losses.softmax_cross_entropy, method)
+    values, grads = jax.jit(f)(params, state, x, y, key=KEY)
+    assert values.shape == (4,)
+    keys = jax.random.split(KEY, 4)
+    single = backprop.value_and_grad(model, losses.softmax_cross_entropy, method)
+    for i in range(4):
+        (value, _), g = single(params, state, x[i : i + 1], y[i : i + 1], key=keys[i])
+        np.testing.assert_allclose(values[i], value, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6)
+    norms = backprop.per_example_norms(grads)
+    expected = [np.sqrt(sum(float(jnp.sum(leaf[i] ** 2)) for leaf in jax.tree.leaves(grads)))
+                for i in range(4)]
+    np.testing.assert_allclose(norms, expected, rtol=1e-5)
+
+
+def test_per_example_grads_refuse_batch_norm():
+    model, params, state, x, y = setup()
+    f = backprop.per_example_grads(model, losses.softmax_cross_entropy)
+    with pytest.raises(ValueError, match="couples the examples"):
+        f(params, state, x, y, key=KEY)
