@@ -196,7 +196,7 @@ def save(path: str | os.PathLike, tree: PyTree) -> None:
 
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with open(path, "wb") as f:
+        with open(tmp, "xb") as f:
 
             def write(chunk) -> None:
                 hasher.update(chunk)

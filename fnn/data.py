@@ -323,6 +323,8 @@ def mnist(
       FileNotFoundError: a file is missing and ``download=False``.
     """
     folder = Path(data_dir) if data_dir is not None else _default_mnist_dir()
+    if isinstance(mirrors, str):
+        mirrors = (mirrors,)
     paths = {}
     for name in MNIST_FILES:
         found = [p for p in (folder / name, folder / (name + ".gz")) if p.is_file()]
@@ -447,9 +449,9 @@ def batches(
         dropped, so that every batch has the same shape (a jitted step then
         compiles once); if False it is yielded.
 
-    Yields:
-      ``(xb, yb)`` with shapes ``(B, ...)``, ``B = batch_size`` except
-      possibly for the last batch.
+    Returns:
+      An iterator of ``(xb, yb)`` with shapes ``(B, ...)``, ``B = batch_size``
+      except possibly for the last batch.
     """
     n = _leading_length(x, "x")
     if _leading_length(y, "y") != n:

@@ -377,7 +377,7 @@ _ZYGOTE = textwrap.dedent(
             step += 1
 
     for line in iter(sys.stdin.readline, ""):
-        path, step = line.split()
+        path, step = line.rsplit(maxsplit=1)
         pid = os.fork()
         if pid == 0:
             try:
@@ -406,21 +406,26 @@ def test_a_killed_writer_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "ckpt"
     pythonpath = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", _ZYGOTE],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
+    with (tmp_path / "zygote.err").open("w") as err:  # the child keeps a copy
+        zygote = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            text=True,
+        )
     step, writer, extra_saves = 0, None, set()
     try:
         for _ in range(20):
             zygote.stdin.write(f"{path} {step}\n")
             zygote.stdin.flush()
             line = zygote.stdout.readline()
-            assert line.startswith("ready "), line + zygote.stderr.read()
+            if not line.startswith("ready "):
+                zygote.kill()
+                pytest.fail(
+                    f"writer failed: {line}{(tmp_path / 'zygote.err').read_text()}"
+                )
             writer = int(line.split()[1])
             time.sleep(rng.uniform(0.0, 0.1))
             os.kill(writer, signal.SIGKILL)
@@ -441,11 +446,10 @@ def test_a_killed_writer_leaves_a_whole_checkpoint(tmp_path):
             zygote.kill()
             zygote.wait()
         zygote.stdout.close()
-        zygote.stderr.close()
     assert zygote.returncode == 0
     assert len(extra_saves) > 1, "every kill landed after the same number of saves"
     # Stray temporaries may remain from killed writes; they harm nothing.
-    strays = {p.name for p in tmp_path.iterdir()} - {"ckpt"}
+    strays = {p.name for p in tmp_path.iterdir()} - {"ckpt", "zygote.err"}
     assert all(re.fullmatch(r"\.ckpt\.[0-9a-f]+\.tmp", name) for name in strays)
     zeros = {
         "a": np.zeros((512, 384), np.float32),

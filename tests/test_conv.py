@@ -1,0 +1,402 @@
+"""Conv, MaxPool, AvgPool: hand-written backward against jax.vjp and finite
+differences (float64) for every rank, stride and padding; forward against
+NumPy loops and known answers; SAME pads against XLA's; shape errors that
+name the layer."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+from fnn import backprop
+from fnn.conv import AvgPool, Conv, MaxPool, _pads
+from fnn.protocol import Layer, ShapeError
+
+KEY = jax.random.key(0)
+
+# (id, constructor, options, per-example input shape). Sizes are odd or
+# uneven on purpose: kernel 4 on 7 and kernel 2 on 7 give asymmetric SAME
+# pads (lo, hi) = (1, 2) and (0, 1); stride 2 with VALID leaves the last
+# row(s) in no window (they must get a zero gradient).
+CONV_CASES = [
+    (
+        f"conv-{rank}d-s{s}-{padding}-{'bias' if bias else 'nobias'}",
+        Conv,
+        dict(
+            features=3,
+            kernel_size=4 if rank == 1 else (3, 2),
+            strides=s,
+            padding=padding,
+            use_bias=bias,
+        ),
+        (7, 2) if rank == 1 else (6, 7, 2),
+    )
+    for rank, s, padding, bias in itertools.product(
+        (1, 2), (1, 2), ("SAME", "VALID"), (True, False)
+    )
+] + [
+    (
+        "conv-2d-strides-2x1-kernel-1x3",
+        Conv,
+        dict(features=2, kernel_size=(1, 3), strides=(2, 1)),
+        (5, 4, 3),
+    ),
+    (
+        "conv-1d-kernel-wider-than-input-same",
+        Conv,
+        dict(features=2, kernel_size=5),
+        (3, 2),
+    ),
+]
+POOL_CASES = [
+    (
+        f"{pool.__name__}-{rank}d-{'default' if s is None else 's1'}-{padding}",
+        pool,
+        dict(window=3 if rank == 1 else (2, 3), strides=s, padding=padding),
+        (7, 2) if rank == 1 else (5, 7, 2),
+    )
+    for pool, rank, s, padding in itertools.product(
+        (MaxPool, AvgPool), (1, 2), (None, 1), ("SAME", "VALID")
+    )
+]
+CASES = CONV_CASES + POOL_CASES
+
+
+def _build(constructor, options, shape):
+    layer = constructor(**options)
+    out_shape, params, state = layer.init(KEY, shape)
+    if "b" in params:  # a random bias, so a wrong db cannot hide behind zeros
+        params = dict(params, b=jax.random.normal(jax.random.key(2), params["b"].shape))
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    return layer, out_shape, params, state, x
+
+
+@pytest.mark.parametrize(
+    "constructor, options, shape", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_backward_matches_autodiff_and_finite_differences(constructor, options, shape):
+    layer, out_shape, params, state, x = _build(constructor, options, shape)
+    y, _ = jax.jit(layer.apply)(params, state, x)
+    assert y.shape == (2, *out_shape)
+    report = backprop.check_layer(layer, params, state, x)
+    assert report.ok, str(report)
+
+
+# --------------------------------------------------------------------------
+# Forward against NumPy loops
+
+
+def _reference_pads(n, k, s, padding):
+    """TensorFlow's SAME rule, written out again: out = ceil(n / s)."""
+    if padding == "VALID":
+        return (0, 0)
+    total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+    return (total // 2, total - total // 2)
+
+
+def _windows(x, window, strides, padding, fill):
+    """Yields (output index, x_pad window (N, *window, C)) by explicit loops."""
+    rank = len(window)
+    pads = [
+        _reference_pads(n, k, s, padding)
+        for n, k, s in zip(x.shape[1:-1], window, strides, strict=True)
+    ]
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
+    out = [(xp.shape[1 + i] - window[i]) // strides[i] + 1 for i in range(rank)]
+    for o in np.ndindex(*out):
+        region = tuple(
+            slice(oi * si, oi * si + ki)
+            for oi, si, ki in zip(o, strides, window, strict=True)
+        )
+        yield o, xp[(slice(None), *region)]
+
+
+def _reference(constructor, options, params, x):
+    x = np.asarray(x, np.float64)
+    window = options.get("kernel_size", options.get("window"))
+    window = (window,) if isinstance(window, int) else tuple(window)
+    rank = len(window)
+    strides = options.get("strides", 1 if constructor is Conv else None)
+    strides = window if strides is None else strides
+    strides = (strides,) * rank if isinstance(strides, int) else tuple(strides)
+    padding = options.get("padding", "SAME" if constructor is Conv else "VALID")
+    fill = -np.inf if constructor is MaxPool else 0.0
+    results = {}
+    for o, win in _windows(x, window, strides, padding, fill):
+        if constructor is Conv:
+            w = np.asarray(params["w"], np.float64)
+            value = np.tensordot(win, w, axes=(range(1, rank + 2), range(rank + 1)))
+            if "b" in params:
+                value = value + np.asarray(params["b"], np.float64)
+        elif constructor is MaxPool:
+            value = win.max(axis=tuple(range(1, rank + 1)))
+        else:
+            value = win.sum(axis=tuple(range(1, rank + 1))) / math.prod(window)
+        results[o] = value
+    out = tuple(np.max(list(results), axis=0) + 1)
+    y = np.zeros((x.shape[0], *out, next(iter(results.values())).shape[-1]))
+    for o, value in results.items():
+        y[(slice(None), *o)] = value
+    return y
+
+
+@pytest.mark.parametrize(
+    "constructor, options, shape", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_forward_matches_numpy_loop(constructor, options, shape):
+    layer, out_shape, params, state, x = _build(constructor, options, shape)
+    y, _ = jax.jit(layer.apply)(params, state, x)
+    expected = _reference(constructor, options, params, x)
+    assert expected.shape == y.shape == (2, *out_shape)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_same_pads_follow_xla_rule():
+    # Every (n, k, s) up to 9: explicit pads equal XLA's own "SAME"/"VALID".
+    for n, k, s in itertools.product(range(1, 10), range(1, 6), range(1, 4)):
+        for padding in ("SAME", "VALID"):
+            if padding == "VALID" and k > n:
+                continue
+            expected = lax.padtype_to_pads((n,), (k,), (s,), padding)
+            assert list(_pads((n,), (k,), (s,), padding)) == list(expected), (n, k, s)
+
+
+# --------------------------------------------------------------------------
+# Known answers
+
+
+def _apply_with(layer, shape, w, x, b=None):
+    _, params, state = layer.init(KEY, shape)
+    params = dict(params, w=jnp.asarray(w, jnp.float32))
+    if b is not None:
+        params["b"] = jnp.asarray(b, jnp.float32)
+    return np.asarray(layer.apply(params, state, jnp.asarray(x, jnp.float32))[0])
+
+
+def test_conv1d_arange_kernel_known_answers():
+    w = np.arange(3.0).reshape(3, 1, 1)  # taps [0, 1, 2]
+    ones = np.ones((1, 5, 1))
+    # VALID: 0 + 1 + 2 everywhere.
+    valid = _apply_with(Conv(1, 3, padding="VALID", use_bias=False), (5, 1), w, ones)
+    np.testing.assert_array_equal(valid[0, :, 0], [3.0, 3.0, 3.0])
+    # SAME pads one zero each side: the first output loses tap 0 (weight 0),
+    # the last loses tap 2 (weight 2).
+    same = _apply_with(Conv(1, 3, use_bias=False), (5, 1), w, ones)
+    np.testing.assert_array_equal(same[0, :, 0], [3.0, 3.0, 3.0, 3.0, 1.0])
+    # x = [0, 1, 2, 3, 4]: y[o] = x[o + 1] + 2 x[o + 2].
+    ramp = np.arange(5.0).reshape(1, 5, 1)
+    valid = _apply_with(Conv(1, 3, padding="VALID", use_bias=False), (5, 1), w, ramp)
+    np.testing.assert_array_equal(valid[0, :, 0], [5.0, 8.0, 11.0])
+    # Stride 2, taps [1, 1] on [0..5]: pairs (0+1), (2+3), (4+5).
+    pairs = _apply_with(
+        Conv(1, 2, strides=2, padding="VALID", use_bias=False),
+        (6, 1),
+        np.ones((2, 1, 1)),
+        np.arange(6.0).reshape(1, 6, 1),
+    )
+    np.testing.assert_array_equal(pairs[0, :, 0], [1.0, 5.0, 9.0])
+
+
+def test_conv2d_ones_kernel_sums_windows_plus_bias():
+    x = np.arange(9.0).reshape(1, 3, 3, 1)
+    y = _apply_with(
+        Conv(1, (2, 2), padding="VALID"), (3, 3, 1), np.ones((2, 2, 1, 1)), x, b=[1.0]
+    )
+    np.testing.assert_array_equal(y[0, :, :, 0], [[9.0, 13.0], [21.0, 25.0]])
+
+
+def test_conv2d_channels_mix_through_kernel():
+    # Two input channels of ones and threes, two filters weighting them
+    # (1, 0) and (1, 1): each 1x1 output is the channel sum it selects.
+    x = np.stack([np.ones((2, 2)), 3 * np.ones((2, 2))], axis=-1)[None]
+    w = np.zeros((2, 2, 2, 2))
+    w[..., 0, 0] = 1.0
+    w[..., :, 1] = 1.0
+    y = _apply_with(Conv(2, (2, 2), padding="VALID", use_bias=False), (2, 2, 2), w, x)
+    np.testing.assert_array_equal(y.reshape(2), [4.0, 16.0])
+
+
+def test_pools_known_answers():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    y, _ = MaxPool((2, 2)).apply((), (), x)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[5.0, 7.0], [13.0, 15.0]])
+    y, _ = AvgPool((2, 2)).apply((), (), x)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+    # SAME counts the padded zero in the divisor: [0, 1, 2] pooled by 2
+    # gives (0 + 1) / 2 and (2 + pad) / 2.
+    y, _ = AvgPool(2, padding="SAME").apply((), (), jnp.arange(3.0).reshape(1, 3, 1))
+    np.testing.assert_array_equal(y[0, :, 0], [0.5, 1.0])
+    # ...while max pooling never picks the padding, even for negative inputs.
+    y, _ = MaxPool(2, padding="SAME").apply((), (), -jnp.ones((1, 3, 1)))
+    np.testing.assert_array_equal(y[0, :, 0], [-1.0, -1.0])
+
+
+# --------------------------------------------------------------------------
+# Gradient conventions and geometry sweeps
+
+
+@pytest.mark.parametrize(
+    "window, strides, padding",
+    [((2, 2), None, "VALID"), ((2, 2), 1, "VALID"), ((3, 3), 2, "SAME")],
+)
+def test_max_pool_ties_go_to_first_maximum_like_jax(window, strides, padding):
+    x = jnp.array(
+        [[1, 3, 3, 0, 2], [3, 2, 1, 1, 2], [0, 0, 5, 5, 2], [5, 5, 0, 0, 2]],
+        jnp.float32,
+    ).reshape(1, 4, 5, 1)
+    layer = MaxPool(window, strides, padding)
+    y, vjp = jax.vjp(lambda xx: layer.apply((), (), xx)[0], x)
+    dy = jnp.arange(1.0, 1.0 + y.size).reshape(y.shape)
+    _, _, cache = layer.forward((), (), x)
+    _, dx = layer.backward((), cache, dy)
+    np.testing.assert_array_equal(dx, vjp(dy)[0])
+    # Each window's gradient lands on exactly one element.
+    assert float(dx.sum()) == float(dy.sum())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 8),
+    k=st.integers(1, 4),
+    s=st.integers(1, 3),
+    padding=st.sampled_from(["SAME", "VALID"]),
+    constructor=st.sampled_from([Conv, MaxPool, AvgPool]),
+)
+def test_backward_matches_vjp_for_any_1d_geometry(n, k, s, padding, constructor):
+    if padding == "VALID" and k > n:
+        return
+    if constructor is Conv:
+        layer = Conv(2, k, strides=s, padding=padding)
+    else:
+        layer = constructor(k, strides=s, padding=padding)
+    _, params, state = layer.init(KEY, (n, 2))
+    x = jax.random.normal(jax.random.key(n * 100 + k * 10 + s), (2, n, 2))
+    y, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx)[0], params, x)
+    dy = jax.random.normal(KEY, y.shape)
+    _, _, cache = layer.forward(params, state, x)
+    dparams, dx = layer.backward(params, cache, dy)
+    auto_params, auto_dx = vjp(dy)
+    np.testing.assert_allclose(dx, auto_dx, rtol=1e-5, atol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(dparams), jax.tree.leaves(auto_params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_backward_is_caught():
+    layer = Conv(3, (3, 3), strides=2)
+
+    def backward(params, cache, dy):
+        dparams, dx = layer.backward(params, cache, dy)
+        return dparams, 1.01 * dx
+
+    broken = Layer(layer.init, layer.forward, backward, layer.name)
+    _, params, state = layer.init(KEY, (5, 5, 2))
+    x = jax.random.normal(KEY, (2, 5, 5, 2))
+    report = backprop.check_layer(broken, params, state, x)
+    assert not report.ok
+    assert [row.path for row in report.failures()] == ["['x']"]
+
+
+def test_manual_vjp_gives_autodiff_gradient():
+    # The caches cross jax.custom_vjp: arrays only.
+    model = Conv(2, (2, 2), strides=2)
+    pool = MaxPool(2, strides=1, padding="SAME")
+    _, params, state = model.init(KEY, (5, 5, 1))
+    x = jax.random.normal(KEY, (2, 5, 5, 1))
+
+    def loss(layer_a, layer_b, p, xx):
+        h = layer_a.apply(p, state, xx)[0]
+        return jnp.sum(jnp.sin(layer_b.apply((), (), h.reshape(2, -1, 2))[0]))
+
+    wrapped = jax.jit(
+        jax.grad(
+            lambda p, xx: loss(
+                backprop.manual_vjp(model), backprop.manual_vjp(pool), p, xx
+            ),
+            argnums=(0, 1),
+        )
+    )
+    plain = jax.jit(jax.grad(lambda p, xx: loss(model, pool, p, xx), argnums=(0, 1)))
+    for a, b in zip(
+        jax.tree.leaves(wrapped(params, x)),
+        jax.tree.leaves(plain(params, x)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+def test_init_rejects_flat_input_naming_layer_and_layout():
+    with pytest.raises(
+        ShapeError,
+        match=r"Conv\(32, \(3, 3\)\): expected input \(H, W, C\), got \(784,\)",
+    ):
+        Conv(32, (3, 3)).init(KEY, (784,))
+    with pytest.raises(ShapeError, match=r"MaxPool\(\(2,\)\): expected input \(L, C\)"):
+        MaxPool(2).init(KEY, (8, 8, 1))
+
+
+def test_init_rejects_valid_window_larger_than_input():
+    with pytest.raises(
+        ShapeError, match=r"Conv\(4, \(5, 5\), padding='VALID'\).*larger"
+    ):
+        Conv(4, (5, 5), padding="VALID").init(KEY, (3, 8, 1))
+    with pytest.raises(ShapeError, match=r"AvgPool\(\(3,\)\).*larger"):
+        AvgPool(3).init(KEY, (2, 1))
+
+
+def test_forward_shape_errors_fire_under_jit():
+    layer = Conv(8, (3, 3))
+    _, params, state = layer.init(KEY, (8, 8, 3))
+    run = jax.jit(lambda x: layer.apply(params, state, x))
+    with pytest.raises(
+        ShapeError,
+        match=r"Conv\(8, \(3, 3\)\): expected input \(H, W, 3\).*got \(8, 8, 1\)",
+    ):
+        run(jnp.ones((2, 8, 8, 1)))
+    with pytest.raises(ShapeError, match=r"Conv\(8, \(3, 3\)\).*got \(64, 3\)"):
+        run(jnp.ones((2, 64, 3)))
+    pool = jax.jit(lambda x: MaxPool((2, 2)).apply((), (), x))
+    with pytest.raises(
+        ShapeError, match=r"MaxPool\(\(2, 2\)\): expected input \(H, W, C\)"
+    ):
+        pool(jnp.ones((2, 8, 1)))
+    with pytest.raises(ShapeError, match=r"MaxPool\(\(2, 2\)\).*larger"):
+        pool(jnp.ones((2, 1, 8, 1)))
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: Conv(0, 3), "features must be a positive int"),
+        (lambda: Conv(4, (3, 0)), "kernel_size must be a positive int"),
+        (lambda: Conv(4, (3, 3, 3)), r"kernel_size must be an int \(1-D\) or a tuple"),
+        (lambda: Conv(4, 2.5), "kernel_size must be a positive int"),
+        (lambda: Conv(4, (3, 3), strides=(1, 2, 1)), r"strides .* tuple of 2"),
+        (lambda: Conv(4, 3, strides=0), "strides must be a positive int"),
+        (lambda: Conv(4, 3, padding="full"), "'full'"),
+        (lambda: MaxPool((2, 2), padding="causal"), "'causal'"),
+        (lambda: AvgPool(2, strides=(1, 1)), r"strides .* tuple of 1"),
+    ],
+)
+def test_bad_options_are_rejected_at_construction(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_padding_is_case_insensitive_and_names_show_options():
+    assert Conv(4, 3, padding="valid").name == "Conv(4, (3,), padding='VALID')"
+    assert MaxPool((2, 2), strides=1, padding="same").name == (
+        "MaxPool((2, 2), strides=(1, 1), padding='SAME')"
+    )
+    assert AvgPool(2).name == "AvgPool((2,))"
