@@ -168,6 +168,7 @@ def fit(
     method: str = "autodiff",
     patience: int | None = None,
     opt_state=None,
+    initial_epoch: int = 0,
     progress: bool | None = None,
     verbose: bool = False,
 ) -> FitResult:
@@ -189,6 +190,10 @@ def fit(
         loss) has not improved for this many epochs, and return the
         parameters of the best epoch.
       opt_state: resume from this optimizer state (default: a fresh one).
+      initial_epoch: the number of epochs already done, when resuming. Epoch
+        ``e`` shuffles and drops out with ``fold_in(key, e)``, so ``epochs=N``
+        in one run equals ``epochs=k``, a checkpoint, and ``epochs=N,
+        initial_epoch=k`` with the restored state, bit for bit.
       progress: show a progress bar on stderr (default: when it is a tty).
       verbose: print one line per epoch to stdout.
 
@@ -216,8 +221,8 @@ def fit(
     best, best_loss, since_best, stopped = None, math.inf, 0, None
     show = _progress(progress)
 
-    for epoch in range(1, epochs + 1):
-        key, epoch_key = jax.random.split(key)
+    for epoch in range(initial_epoch + 1, epochs + 1):
+        epoch_key = jax.random.fold_in(key, epoch)
         before = _copy((params, state, opt_state))
         tic = time.perf_counter()
         params, state, opt_state, values = run_epoch(

@@ -9,6 +9,7 @@ import pytest
 
 from fnn import backprop, losses
 from fnn import layers as L
+from fnn.attention import Embedding
 from fnn.protocol import ShapeError
 from fnn.recurrent import GRU, LSTM, SimpleRNN
 
@@ -138,7 +139,7 @@ def test_parameter_shapes_and_initial_biases():
 
 def test_language_model_gradient_check():
     """Embedding -> LSTM -> Dense under a sequence cross-entropy, end to end."""
-    model = L.serial(L.Embedding(6, D), LSTM(H), L.Dense(6))
+    model = L.serial(Embedding(6, D), LSTM(H), L.Dense(6))
     _, params, state = model.init(KEY, (4,))
     ids = jax.random.randint(jax.random.key(3), (N, 4), 0, 6)
     labels = jnp.roll(ids, -1, axis=1)
