@@ -52,7 +52,8 @@ def main(steps: int = 2000, seed: int = 0):
     x, y = data.xor()
 
     model, params = hand_set_network()
-    out, _ = model.apply(params, (), x)
+    _, _, state = model.init(jax.random.key(seed), (2,))
+    out, _ = model.apply(params, state, x)
     truth_table("1. Hand-set ReLU network: h1 = ReLU(x1+x2), h2 = ReLU(x1+x2-1), "
                 "y = ReLU(h1 - 2 h2)", x, out)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn.protocol import Layer
+from fnn.protocol import Layer, check_params, per_example_shape
 
 METHODS = ("autodiff", "manual")
 
@@ -58,6 +58,7 @@ def value_and_grad(model: Layer, loss, method: str = "autodiff", *, train=True):
     if method == "autodiff":
 
         def objective(params, state, x, y, key):
+            check_params(model, params, state, per_example_shape(x))
             pred, new_state = model.apply(params, state, x, key=key, train=train)
             return loss(pred, y), new_state
 
@@ -76,6 +77,7 @@ def value_and_grad(model: Layer, loss, method: str = "autodiff", *, train=True):
         )
 
     def manual(params, state, x, y, *, key=None):
+        check_params(model, params, state, per_example_shape(x))
         pred, new_state, cache = model.forward(params, state, x, key=key, train=train)
         grads, _ = model.backward(params, cache, loss.grad(pred, y))
         return (loss(pred, y), new_state), grads

@@ -49,6 +49,18 @@ def _check_tuple_input(name, x, n=None):
         raise ShapeError(f"{name}: expected a tuple of {what}, got {type(x).__name__}")
 
 
+def _check_entries(name, params, state, n):
+    """Params and state of a combinator hold one entry per child layer."""
+    for what, tree in (("params", params), ("state", state)):
+        if not isinstance(tree, (tuple, list)) or len(tree) != n:
+            got = f"{type(tree).__name__} of length {len(tree)}" if isinstance(
+                tree, (tuple, list, dict)) else type(tree).__name__
+            raise ValueError(
+                f"{name}: {what} must be a tuple with one entry per layer ({n}), "
+                f"got a {got}; pass the {what} that this model's init returned"
+            )
+
+
 def serial(*layers: Layer) -> Layer:
     """Chains layers: ``serial(f, g, h)(x) = h(g(f(x)))``.
 
@@ -71,6 +83,7 @@ def serial(*layers: Layer) -> Layer:
         return shape, tuple(params), tuple(state)
 
     def forward(params, state, x, *, key=None, train=False):
+        _check_entries(name, params, state, len(layers))
         new_state, caches = [], []
         keys = _split_key(key, len(layers))
         for i, (layer, p, s, k) in enumerate(zip(layers, params, state, keys)):
@@ -104,6 +117,7 @@ def parallel(*layers: Layer) -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         _check_tuple_input(name, x, n)
+        _check_entries(name, params, state, n)
         out = [
             layer.forward(p, s, xi, key=k, train=train)
             for layer, p, s, xi, k in zip(layers, params, state, x, _split_key(key, n))

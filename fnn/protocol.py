@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -165,3 +166,44 @@ def per_channel(v, ndim: int):
     its tests, where an implicit ``(N, C) + (C,)`` is an error.
     """
     return v.reshape((1,) * (ndim - 1) + v.shape[-1:])
+
+
+def per_example_shape(x):
+    """The per-example shape of a batch ``x``, or a tuple of them for tuples."""
+    if isinstance(x, (tuple, list)):
+        return tuple(per_example_shape(xi) for xi in x)
+    return tuple(x.shape[1:])
+
+
+def check_params(layer: Layer, params, state, input_shape) -> None:
+    """Checks that ``params`` and ``state`` fit ``layer`` for ``input_shape``.
+
+    Compares tree structure and leaf shapes with what ``layer.init`` returns
+    (traced with ``jax.eval_shape``: nothing is allocated), and names the
+    first leaf that differs. Catches parameters from another model, or from
+    the same model built for another input size, before they meet an XLA
+    error or, worse, broadcast into silent garbage.
+    """
+    _, want_params, want_state = jax.eval_shape(
+        lambda key: layer.init(key, input_shape), jax.random.key(0)
+    )
+    for what, got, want in (("params", params, want_params), ("state", state, want_state)):
+        got_leaves = jax.tree_util.tree_flatten_with_path(got)[0]
+        want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
+        got_paths = [jax.tree_util.keystr(p) for p, _ in got_leaves]
+        want_paths = [jax.tree_util.keystr(p) for p, _ in want_leaves]
+        if got_paths != want_paths:
+            missing = [p for p in want_paths if p not in got_paths]
+            extra = [p for p in got_paths if p not in want_paths]
+            raise ValueError(
+                f"{layer.name}: {what} do not match the model: missing "
+                f"{missing[:3] or 'nothing'}, unexpected {extra[:3] or 'nothing'}. "
+                f"Were they made by another model's init?"
+            )
+        for (path, g), (_, w) in zip(got_leaves, want_leaves):
+            if tuple(jnp.shape(g)) != tuple(w.shape):
+                raise ValueError(
+                    f"{layer.name}: {what}{jax.tree_util.keystr(path)} has shape "
+                    f"{tuple(jnp.shape(g))}, but for input shape {input_shape} the "
+                    f"model needs {tuple(w.shape)}"
+                )

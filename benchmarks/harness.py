@@ -1,0 +1,123 @@
+"""Measuring: the machine's matmul peak, interleaved step timing, the setting.
+
+Timing interleaves contenders: a run is ``rounds`` rounds, and in each
+round every contender takes one untimed step (to bring its buffers back
+into cache) and then ``steps`` timed ones, each called from Python and
+blocked on. The contenders' order rotates from round to round and a short
+pause separates them (so spinning worker threads of the previous one have
+gone to sleep). A contender's figure is the median over rounds of its
+per-step mean, so a burst of load from elsewhere on the machine spoils a
+round of every contender alike and drops out of the median.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
+    """Best float32 GFLOP/s of a jitted ``(n, n) @ (n, n)``, ``2 n^3`` FLOPs."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - tic)
+    return 2 * n**3 / best / 1e9
+
+
+def time_steps(step: Callable[[], Any], steps: int) -> float:
+    """Seconds per step of ``steps`` blocked calls, after one untimed call."""
+    jax.block_until_ready(step())
+    tic = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(step())
+    return (time.perf_counter() - tic) / steps
+
+
+def interleaved(
+    steps_by_name: dict[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    steps: int,
+    pause: float = 0.02,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per step of each contender, one entry per round.
+
+    Garbage collection is off while a round runs and done between rounds.
+    """
+    names = list(steps_by_name)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        gc.collect()
+        gc.disable()
+        try:
+            for name in order:
+                time.sleep(pause)
+                per_round[name].append(time_steps(steps_by_name[name], steps))
+        finally:
+            gc.enable()
+        if progress:
+            progress(f"round {r + 1}/{rounds}")
+    return per_round
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> float:
+    """Half the interquartile range relative to the median (0 for < 4 values)."""
+    if len(values) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / 2 / statistics.median(values)
+
+
+def environment(allocator: str) -> dict[str, Any]:
+    """What the figures were measured on."""
+    versions = {"python": platform.python_version(), "jax": jax.__version__}
+    for module in ("jaxlib", "optax", "flax", "equinox", "torch", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # not installed, or broken: leave it out
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cores": cores,
+        "devices": [str(d) for d in jax.devices()],
+        "allocator": allocator,
+        "load_average_at_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,300 @@
+"""Milliseconds per training step: fnn against plain JAX, Flax, Equinox, PyTorch.
+
+One training step is forward + backward + Adam update, called from Python
+and blocked on, after compilation and warm-up, in float32 on a synthetic
+batch held in memory. All contenders of a workload are timed in one
+process, interleaved round by round (see ``benchmarks/harness.py``), and
+each is reported as the median over rounds, its ratio to the plain JAX
+step, its achieved matmul/conv GFLOP/s and that as a share of the float32
+matmul peak measured at start.
+
+Usage (from the repository root)::
+
+    python benchmarks/run.py                       # everything available
+    python benchmarks/run.py --quick               # fnn + plain JAX, tiny + mlp
+    python benchmarks/run.py --workloads mlp,large --frameworks fnn,jax,torch
+    python benchmarks/run.py --steps 20 --rounds 9 --json results.json
+    python benchmarks/run.py --list                # workloads, FLOP formulas
+
+``--frameworks`` takes contender names (``fnn-autodiff``, ``flax-nnx-split``)
+or groups: ``fnn``, ``jax``, ``flax`` (linen and every NNX variant),
+``linen``, ``nnx``, ``equinox``, ``torch``. Contenders whose library is not
+installed are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import allocator  # noqa: E402  (stdlib only: safe before jax)
+
+GROUPS = {
+    "fnn": ["fnn-autodiff", "fnn-manual"],
+    "jax": ["jax"],
+    "flax": ["flax-linen", "flax-nnx", "flax-nnx-cached", "flax-nnx-split"],
+    "linen": ["flax-linen"],
+    "nnx": ["flax-nnx", "flax-nnx-cached", "flax-nnx-split"],
+    "equinox": ["equinox"],
+    "torch": ["torch"],
+}
+QUICK_WORKLOADS = "tiny,mlp"
+QUICK_FRAMEWORKS = "fnn,jax"
+
+# Targets: fnn autodiff within 2% of plain JAX where the workloads allow the
+# same program; the hand-written backward within 10% of autodiff.
+AUTODIFF_VS_JAX = 1.02
+AUTODIFF_VS_JAX_WORKLOADS = ("mlp", "mlp_bn_dropout", "tiny", "large")
+MANUAL_VS_AUTODIFF = 1.10
+LARGE_PEAK_SHARE = 0.90
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {QUICK_FRAMEWORKS} on {QUICK_WORKLOADS}, "
+                   "few rounds and steps")
+    p.add_argument("--workloads", help="comma-separated (default: all)")
+    p.add_argument("--frameworks", help="comma-separated contenders or groups "
+                   f"{sorted(GROUPS)} (default: all)")
+    p.add_argument("--steps", type=int,
+                   help="timed steps per round (default: about --round-seconds)")
+    p.add_argument("--rounds", type=int, help="rounds (default 15; --quick 3)")
+    p.add_argument("--round-seconds", type=float, default=0.15,
+                   help="target time of one contender's round when --steps is unset")
+    p.add_argument("--peak-size", type=int,
+                   help="n of the n x n matmul measuring the peak (default 2048)")
+    p.add_argument("--allocator", choices=("auto", "system"), default="auto",
+                   help="auto: re-exec under tcmalloc or tuned glibc; system: as is")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    p.add_argument("--list", action="store_true",
+                   help="list workloads, contenders and FLOP formulas, then exit")
+    return p.parse_args(argv)
+
+
+def select(args):
+    from benchmarks.contenders import CONTENDERS
+    from benchmarks.workloads import WORKLOADS
+
+    workloads = args.workloads or (QUICK_WORKLOADS if args.quick else ",".join(WORKLOADS))
+    frameworks = args.frameworks or (QUICK_FRAMEWORKS if args.quick else ",".join(GROUPS))
+    chosen_w = [w.strip() for w in workloads.split(",") if w.strip()]
+    chosen_c = []
+    for name in (f.strip() for f in frameworks.split(",") if f.strip()):
+        for c in GROUPS.get(name, [name]):
+            if c not in CONTENDERS:
+                sys.exit(f"unknown framework or contender {name!r}; choose from "
+                         f"{sorted(GROUPS)} or {sorted(CONTENDERS)}")
+            if c not in chosen_c:
+                chosen_c.append(c)
+    for w in chosen_w:
+        if w not in WORKLOADS:
+            sys.exit(f"unknown workload {w!r}; choose from {sorted(WORKLOADS)}")
+    return [WORKLOADS[w] for w in chosen_w], chosen_c
+
+
+def note(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def build_all(workload, names):
+    """Builds, compiles and warms up every contender; returns ``(steps,
+    seconds per warm step, skipped reasons)``."""
+    import jax
+
+    from benchmarks.contenders import Unavailable, builder
+    from benchmarks.harness import time_steps
+
+    steps, warm, skipped = {}, {}, {}
+    for name in names:
+        try:
+            step = builder(name)(workload)
+            jax.block_until_ready(step())  # compiles
+            warm[name] = time_steps(step, 2)
+            steps[name] = step
+        except Unavailable as e:
+            skipped[name] = str(e)
+        except Exception as e:  # a broken contender must not sink the others
+            skipped[name] = f"failed: {type(e).__name__}: {e}"
+        if name in skipped:
+            note(f"  {workload.name}: skipping {name}: {skipped[name]}")
+    return steps, warm, skipped
+
+
+def measure(workloads, names, args, peak):
+    from benchmarks import harness
+
+    rounds = args.rounds or (3 if args.quick else 15)
+    rows, skipped = [], []
+    for w in workloads:
+        note(f"{w.name}: building {len(names)} contenders")
+        steps, warm, why = build_all(w, names)
+        skipped += [{"workload": w.name, "contender": c, "reason": r} for c, r in why.items()]
+        if not steps:
+            continue
+        n = args.steps or (5 if args.quick else None)
+        if n is None:
+            typical = harness.median(list(warm.values()))
+            n = int(min(2000, max(2, round(args.round_seconds / typical))))
+        note(f"{w.name}: {rounds} rounds of {n} steps")
+        per_round = harness.interleaved(
+            steps, rounds=rounds, steps=n,
+            progress=lambda s, w=w: note(f"  {w.name}: {s}"),
+        )
+        floor = harness.median(per_round["jax"]) if "jax" in per_round else None
+        for name, seconds in per_round.items():
+            t = harness.median(seconds)
+            gflops = w.step_flops() / t / 1e9
+            rows.append({
+                "workload": w.name,
+                "contender": name,
+                "ms_per_step": t * 1e3,
+                "spread": harness.spread(seconds),
+                "ratio_to_jax": t / floor if floor else None,
+                "gflops": gflops,
+                "peak_share": gflops / peak,
+                "steps_per_round": n,
+                "rounds_ms": [s * 1e3 for s in seconds],
+            })
+    return rows, skipped
+
+
+def evaluate_targets(rows):
+    """``(target, holds or None when not measured, detail)`` for each target."""
+    ms = {(r["workload"], r["contender"]): r["ms_per_step"] for r in rows}
+    share = {(r["workload"], r["contender"]): r["peak_share"] for r in rows}
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    out = []
+
+    def ratio_target(label, w, a, b, limit):
+        if (w, a) in ms and (w, b) in ms:
+            q = ms[(w, a)] / ms[(w, b)]
+            out.append((label, q <= limit, f"{q:.3f}x"))
+        else:
+            out.append((label, None, "not measured"))
+
+    for w in AUTODIFF_VS_JAX_WORKLOADS:
+        if w in workloads:
+            ratio_target(f"{w}: fnn-autodiff <= {AUTODIFF_VS_JAX}x jax", w,
+                         "fnn-autodiff", "jax", AUTODIFF_VS_JAX)
+    for w in workloads:
+        ratio_target(f"{w}: fnn-manual <= {MANUAL_VS_AUTODIFF}x fnn-autodiff", w,
+                     "fnn-manual", "fnn-autodiff", MANUAL_VS_AUTODIFF)
+    if "cnn" in workloads:
+        for c in ("fnn-autodiff", "fnn-manual"):
+            ratio_target(f"cnn: {c} faster than torch", "cnn", c, "torch", 1.0)
+    if "large" in workloads:
+        s = share.get(("large", "fnn-autodiff"))
+        out.append((f"large: fnn-autodiff >= {LARGE_PEAK_SHARE:.0%} of matmul peak",
+                    None if s is None else s >= LARGE_PEAK_SHARE,
+                    "not measured" if s is None else f"{s:.1%}"))
+    from benchmarks.contenders import family
+
+    for w in workloads:
+        if (w, "fnn-autodiff") not in ms:
+            continue
+        peers = [c for (ww, c) in ms if ww == w and family(c) == "peer"]
+        if not peers:
+            continue
+        slower = [c for c in peers if ms[(w, c)] <= ms[(w, "fnn-autodiff")]]
+        detail = ("beats " + ", ".join(peers)) if not slower else (
+            "not faster than " + ", ".join(
+                f"{c} ({ms[(w, c)] / ms[(w, 'fnn-autodiff')]:.2f}x)" for c in slower))
+        out.append((f"{w}: fnn-autodiff faster than every peer", not slower, detail))
+    return out
+
+
+def print_report(env, peak, rows, skipped, targets, workloads):
+    from benchmarks.contenders import DESCRIPTIONS
+
+    print("fnn training-step benchmark")
+    print(f"  cpu: {env['processor']} ({env['cores']} cores), devices {env['devices']}")
+    print(f"  allocator: {env['allocator']}")
+    print("  versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    print(f"  load average at start: {', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}"
+          f"; at end: {', '.join(f'{x:.2f}' for x in env['load_average_at_end'])}")
+    print(f"  float32 matmul peak: {peak:.1f} GFLOP/s "
+          f"(jitted {env['peak_size']}x{env['peak_size']} @ "
+          f"{env['peak_size']}x{env['peak_size']}, best of 7)")
+    print()
+    head = (f"{'workload':<15} {'contender':<16} {'ms/step':>9} {'+-':>5} "
+            f"{'vs jax':>7} {'GFLOP/s':>8} {'% peak':>7}")
+    print(head)
+    print("-" * len(head))
+    last = None
+    for r in rows:
+        if last is not None and r["workload"] != last:
+            print()
+        last = r["workload"]
+        ratio = f"{r['ratio_to_jax']:.3f}" if r["ratio_to_jax"] else "-"
+        print(f"{r['workload']:<15} {r['contender']:<16} {r['ms_per_step']:>9.3f} "
+              f"{r['spread']:>5.0%} {ratio:>7} {r['gflops']:>8.2f} "
+              f"{r['peak_share']:>7.1%}")
+    print()
+    print("ms/step: median over rounds of the mean step time; +-: half the "
+          "interquartile range over rounds, relative.")
+    for w in workloads:
+        print(f"  {w.name}: {w.note}; {w.flop_formula()}")
+    used = list(dict.fromkeys(r["contender"] for r in rows))
+    for c in used:
+        print(f"  {c}: {DESCRIPTIONS[c]}")
+    if skipped:
+        print("skipped:")
+        for s in skipped:
+            print(f"  {s['workload']} / {s['contender']}: {s['reason']}")
+    print()
+    print("targets:")
+    for label, holds, detail in targets:
+        verdict = {True: "HOLDS", False: "FAILS", None: "n/a"}[holds]
+        print(f"  [{verdict:<5}] {label}: {detail}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allocator.ensure(args.allocator)
+    workloads, names = select(args)
+    if args.list:
+        from benchmarks.contenders import DESCRIPTIONS
+
+        for w in workloads:
+            print(f"{w.name}: {w.note}\n    {w.flop_formula()}")
+        for c in names:
+            print(f"{c}: {DESCRIPTIONS[c]}")
+        return 0
+
+    import json
+    import os
+
+    from benchmarks import harness
+
+    env = harness.environment(allocator.describe())
+    env["peak_size"] = args.peak_size or (1024 if args.quick else 2048)
+    note(f"allocator: {env['allocator']}")
+    peak = harness.matmul_peak(env["peak_size"])
+    note(f"float32 matmul peak: {peak:.1f} GFLOP/s")
+    rows, skipped = measure(workloads, names, args, peak)
+    env["load_average_at_end"] = os.getloadavg()
+    targets = evaluate_targets(rows)
+    print_report(env, peak, rows, skipped, targets, workloads)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({
+                "environment": env,
+                "matmul_peak_gflops": peak,
+                "results": rows,
+                "skipped": skipped,
+                "targets": [{"target": t, "holds": h, "detail": d} for t, h, d in targets],
+                "flops": {w.name: {"step_flops": w.step_flops(),
+                                   "formula": w.flop_formula()} for w in workloads},
+            }, f, indent=1)
+        note(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

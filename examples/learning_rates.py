@@ -1,0 +1,62 @@
+"""Learning rates: too small crawls, a good one converges, too large diverges.
+
+The same MLP is trained on the digits with plain gradient descent at three
+learning rates; the training-loss curves go on one figure.
+
+Run: python examples/learning_rates.py [--epochs 20] [--plot learning_rates.png]
+"""
+
+import argparse
+import math
+
+import jax
+
+from fnn import data, losses, optim, train
+from fnn import layers as L
+
+RATES = {"too small": 1e-4, "good": 0.1, "too large": 30.0}
+
+
+def main(epochs=20, plot_path="learning_rates.png"):
+    (x, y), _ = data.digits()
+    model = L.serial(L.Flatten(), L.Dense(64), L.Tanh, L.Dense(10))
+    _, params, state = model.init(jax.random.key(0), x.shape[1:])
+    curves = {}
+    for label, lr in RATES.items():
+        result = train.fit(model, losses.softmax_cross_entropy, optim.sgd(lr), params,
+                           state, (x, y), key=jax.random.key(1), epochs=epochs,
+                           batch_size=64)
+        curves[label] = result.history["train_loss"]
+        final = curves[label][-1] if curves[label] else math.nan
+        status = f"stopped: {result.stopped}" if result.stopped else ""
+        print(f"learning rate {lr:g} ({label}): first epoch loss "
+              f"{curves[label][0] if curves[label] else math.nan:.4f}, "
+              f"last {final:.4f} {status}")
+    if plot_path:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed: pip install -e '.[examples]'")
+            return curves
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, values in curves.items():
+            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3,
+                    label=f"{label}: lr = {RATES[label]:g}")
+        ax.set(xlabel="epoch", ylabel="training loss", yscale="log",
+               title="Gradient descent on digits at three learning rates")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot_path, dpi=100)
+        print(f"wrote {plot_path}")
+    return curves
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--plot", default="learning_rates.png")
+    args = parser.parse_args()
+    main(args.epochs, args.plot)
