@@ -170,43 +170,66 @@ def _errors(manual, autodiff) -> tuple[float, float]:
     return err, err / max(float(np.max(np.abs(autodiff))), 1e-300)
 
 
-def _compare(scalar_fn, primals, manual, autodiff, *, finite_differences, seed):
-    """One :class:`LeafCheck` per floating leaf of ``primals``.
+def _gradients_and_differences(scalar_fn, manual_fn, primals, seed, fd):
+    """Everything a check needs, computed in one jitted float64 program.
 
-    ``scalar_fn(primals) -> scalar`` is the function both gradients are of.
-    The finite difference for leaf ``i`` moves only that leaf, along a random
-    unit direction ``t``, and is compared with ``<autodiff_i, t>``.
+    Returns ``(value, manual, autodiff, predicted, numeric)``: the scalar at
+    ``primals``, the hand-written and autodiff gradients of it, and per leaf
+    ``<autodiff_i, t_i>`` and the central difference of ``scalar_fn`` along
+    a random unit direction ``t_i`` that moves that leaf only.
     """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(primals)
-    manual_leaves, autodiff_leaves = jax.tree.leaves(manual), jax.tree.leaves(autodiff)
-    if len(manual_leaves) != len(flat):
+    value, autodiff = jax.value_and_grad(scalar_fn)(primals)
+    manual = manual_fn(primals)
+    leaves, treedef = jax.tree.flatten(primals)
+    auto_leaves = jax.tree.leaves(autodiff)
+    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    predicted, numeric = [], []
+    for i, (leaf, a) in enumerate(zip(leaves, auto_leaves)):
+        if not (fd and leaf.size):
+            predicted.append(jnp.nan)
+            numeric.append(jnp.nan)
+            continue
+        t = jax.random.normal(keys[i], leaf.shape, leaf.dtype)
+        t = t / jnp.linalg.norm(t)
+
+        def moved(sign, i=i, t=t):
+            shifted = list(leaves)
+            shifted[i] = leaves[i] + sign * EPS * t
+            return scalar_fn(jax.tree.unflatten(treedef, shifted))
+
+        predicted.append(jnp.vdot(a, t))
+        numeric.append((moved(1.0) - moved(-1.0)) / (2 * EPS))
+    return value, manual, autodiff, jnp.stack(predicted), jnp.stack(numeric)
+
+
+def _compare(scalar_fn, manual_fn, primals, *, finite_differences, seed):
+    """One :class:`LeafCheck` per leaf of ``primals``, and the scalar's value."""
+    run = jax.jit(
+        lambda p: _gradients_and_differences(
+            scalar_fn, manual_fn, p, seed, finite_differences
+        )
+    )
+    value, manual, autodiff, predicted, numeric = jax.device_get(run(primals))
+    paths = [keystr for keystr, _ in _named_leaves(primals)]
+    manual_leaves, auto_leaves = jax.tree.leaves(manual), jax.tree.leaves(autodiff)
+    if len(manual_leaves) != len(paths):
         raise ValueError(
             f"manual gradient has {len(manual_leaves)} leaves where the "
-            f"primals have {len(flat)}: a backward returned the wrong structure"
+            f"primals have {len(paths)}: a backward returned the wrong structure"
         )
-    scalar_fn = jax.jit(scalar_fn)
-    fd_atol = FD_ATOL * max(1.0, abs(float(scalar_fn(primals))))
-    keys = jax.random.split(jax.random.key(seed), max(len(flat), 1))
-    zeros = [jnp.zeros_like(leaf) for _, leaf in flat]
+    fd_atol = FD_ATOL * max(1.0, abs(float(value)))
     rows = []
-    for i, ((path, leaf), m, a) in enumerate(zip(flat, manual_leaves, autodiff_leaves)):
+    for path, m, a, p, n in zip(paths, manual_leaves, auto_leaves, predicted, numeric):
         m_abs, m_rel = _errors(m, a)
-        f_abs = f_rel = float("nan")
-        if finite_differences and leaf.size:
-            t = jax.random.normal(keys[i], leaf.shape, leaf.dtype)
-            t = t / jnp.linalg.norm(t)
-            step = jax.tree.unflatten(treedef, zeros[:i] + [EPS * t] + zeros[i + 1 :])
-            plus = scalar_fn(jax.tree.map(jnp.add, primals, step))
-            minus = scalar_fn(jax.tree.map(jnp.subtract, primals, step))
-            numeric = float((plus - minus) / (2 * EPS))
-            predicted = float(jnp.vdot(a, t))
-            f_abs = abs(predicted - numeric)
-            f_rel = f_abs / max(abs(predicted), abs(numeric), 1e-300)
-        name = jax.tree_util.keystr(path) or "(root)"
-        rows.append(
-            LeafCheck(name, tuple(leaf.shape), m_abs, m_rel, f_abs, f_rel, fd_atol)
-        )
-    return tuple(rows)
+        f_abs = abs(float(p) - float(n))
+        f_rel = f_abs / max(abs(float(p)), abs(float(n)), 1e-300)
+        rows.append(LeafCheck(path, tuple(np.shape(a)), m_abs, m_rel, f_abs, f_rel, fd_atol))
+    return tuple(rows), float(value)
+
+
+def _named_leaves(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(jax.tree_util.keystr(path) or "(root)", leaf) for path, leaf in flat]
 
 
 def check(
@@ -224,11 +247,11 @@ def check(
 ) -> GradCheckReport:
     """Compares manual, autodiff and finite-difference gradients of a loss.
 
-    Everything runs in float64 (inside a scoped ``jax.enable_x64``). For each
-    parameter leaf the report holds the max abs and relative error of the
-    manual gradient against autodiff, and of autodiff against a central
-    finite difference along a random unit direction (as
-    ``jax.test_util.check_vjp`` does).
+    Everything runs in float64 (inside a scoped ``jax.enable_x64``), as one
+    compiled program. For each parameter leaf the report holds the max abs
+    and relative error of the manual gradient against autodiff, and of
+    autodiff against a central finite difference along a random unit
+    direction (as ``jax.test_util.check_vjp`` does).
 
     Args:
       model, loss: as for :func:`value_and_grad`.
@@ -242,23 +265,21 @@ def check(
     Returns:
       A :class:`GradCheckReport`: ``report.ok``, ``print(report)``.
     """
+    manual_grad = value_and_grad(model, loss, "manual", train=train)
     with jax.enable_x64(True):
         params, state, x, y = _to_float64((params, state, x, y))
-        (value, _), auto = jax.jit(
-            value_and_grad(model, loss, "autodiff", train=train)
-        )(params, state, x, y, key=key)
-        _, manual = jax.jit(value_and_grad(model, loss, "manual", train=train))(
-            params, state, x, y, key=key
-        )
+        check_params(model, params, state, per_example_shape(x))
 
         def loss_of(p):
             return loss(model.apply(p, state, x, key=key, train=train)[0], y)
 
-        rows = _compare(
-            loss_of, params, manual, auto,
-            finite_differences=finite_differences, seed=seed,
+        def manual(p):
+            return manual_grad(p, state, x, y, key=key)[1]
+
+        rows, value = _compare(
+            loss_of, manual, params, finite_differences=finite_differences, seed=seed
         )
-        return GradCheckReport(rows, float(value))
+        return GradCheckReport(rows, value)
 
 
 def check_layer(
@@ -275,40 +296,36 @@ def check_layer(
     """Checks one layer's hand-written ``backward``, for params and input.
 
     A random cotangent ``c`` shaped like the layer's output is pulled back by
-    ``layer.backward`` and by ``jax.vjp`` of ``layer.apply``; both are
-    compared, and ``jax.vjp``'s against central finite differences of
-    ``<apply(params, x), c>``, all in float64. Rows are named
-    ``['params']...`` and ``['x']``; an integer ``x`` (token ids) has no
-    gradient and no row.
+    ``layer.backward``; autodiff gives the same pull-back as the gradient of
+    ``<apply(params, x), c>``, which finite differences check in turn; all in
+    float64, as one compiled program. Rows are named ``['params']...`` and
+    ``['x']``; an integer ``x`` (token ids) has no gradient and no row.
     """
     with jax.enable_x64(True):
         params, state, x = _to_float64((params, state, x))
         diff_x = all(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree.leaves(x))
+        out = jax.eval_shape(lambda: layer.apply(params, state, x, key=key, train=train)[0])
+        cot = _random_like(jax.random.key(seed + 1), out)
 
-        def out(p, xx):
-            return layer.apply(p, state, xx, key=key, train=train)[0]
-
-        y, pullback = jax.vjp(out, params, x) if diff_x else jax.vjp(
-            lambda p: out(p, x), params
-        )
-        cot = _random_like(jax.random.key(seed + 1), y)
-        auto = pullback(cot)
-        _, _, cache = layer.forward(params, state, x, key=key, train=train)
-        dparams, dx = layer.backward(params, cache, cot)
+        def split(primals):
+            return primals["params"], primals["x"] if diff_x else x
 
         def scalar(primals):
-            xx = primals["x"] if diff_x else x
-            leaves = jax.tree.leaves(jax.tree.map(jnp.vdot, out(primals["params"], xx), cot))
-            return sum(leaves)
+            p, xx = split(primals)
+            y, _ = layer.apply(p, state, xx, key=key, train=train)
+            return sum(jax.tree.leaves(jax.tree.map(jnp.vdot, y, cot)))
+
+        def manual(primals):
+            p, xx = split(primals)
+            _, _, cache = layer.forward(p, state, xx, key=key, train=train)
+            dparams, dx = layer.backward(p, cache, cot)
+            return {"params": dparams, "x": dx} if diff_x else {"params": dparams}
 
         primals = {"params": params, "x": x} if diff_x else {"params": params}
-        manual = {"params": dparams, "x": dx} if diff_x else {"params": dparams}
-        autodiff = {"params": auto[0], "x": auto[1]} if diff_x else {"params": auto[0]}
-        rows = _compare(
-            scalar, primals, manual, autodiff,
-            finite_differences=finite_differences, seed=seed,
+        rows, value = _compare(
+            scalar, manual, primals, finite_differences=finite_differences, seed=seed
         )
-        return GradCheckReport(rows, float(scalar(primals)))
+        return GradCheckReport(rows, value)
 
 
 def _random_like(key, tree):
