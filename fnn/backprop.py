@@ -38,7 +38,20 @@ def _check_method(method):
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def value_and_grad(model: Layer, loss, method: str = "autodiff", *, train=True):
+def _cast_floats(tree, dtype):
+    """Casts the floating leaves of ``tree`` to ``dtype``; ints stay as they are."""
+
+    def cast(leaf):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            return jnp.asarray(leaf).astype(dtype)
+        return leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def value_and_grad(
+    model: Layer, loss, method: str = "autodiff", *, train=True, compute_dtype=None
+):
     """Builds ``f(params, state, x, y, *, key=None) -> ((loss, new_state), grads)``.
 
     Args:
@@ -49,18 +62,32 @@ def value_and_grad(model: Layer, loss, method: str = "autodiff", *, train=True):
       method: ``"autodiff"`` (``jax.value_and_grad`` through ``model.apply``)
         or ``"manual"`` (``model.forward``, ``loss.grad``, ``model.backward``).
       train: runs the model in training mode (dropout on, batch statistics).
+      compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and
+        backward passes run on parameters and inputs cast to it, while the
+        loss is computed in float32 and the gradients come back in the
+        parameters' own dtype (float32 master weights). ``None``: no casts.
 
     Returns:
       A pure function, ready for ``jax.jit`` and ``jax.vmap``; ``grads`` has
       the structure of ``params``.
     """
     _check_method(method)
+
+    def lowered(params, x):
+        if compute_dtype is None:
+            return params, x
+        return _cast_floats(params, compute_dtype), _cast_floats(x, compute_dtype)
+
+    def loss_dtype(pred):
+        return pred if compute_dtype is None else _cast_floats(pred, jnp.float32)
+
     if method == "autodiff":
 
         def objective(params, state, x, y, key):
             check_params(model, params, state, per_example_shape(x))
+            params, x = lowered(params, x)
             pred, new_state = model.apply(params, state, x, key=key, train=train)
-            return loss(pred, y), new_state
+            return loss(loss_dtype(pred), y), new_state
 
         grad_fn = jax.value_and_grad(objective, has_aux=True)
 
@@ -78,9 +105,14 @@ def value_and_grad(model: Layer, loss, method: str = "autodiff", *, train=True):
 
     def manual(params, state, x, y, *, key=None):
         check_params(model, params, state, per_example_shape(x))
-        pred, new_state, cache = model.forward(params, state, x, key=key, train=train)
-        grads, _ = model.backward(params, cache, loss.grad(pred, y))
-        return (loss(pred, y), new_state), grads
+        low_params, x = lowered(params, x)
+        pred, new_state, cache = model.forward(low_params, state, x, key=key, train=train)
+        pred32 = loss_dtype(pred)
+        dpred = loss.grad(pred32, y).astype(pred.dtype)
+        grads, _ = model.backward(low_params, cache, dpred)
+        if compute_dtype is not None:  # back to the master weights' dtypes
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        return (loss(pred32, y), new_state), grads
 
     return manual
 

@@ -43,6 +43,7 @@ def make_step(
     *,
     devices: Sequence[jax.Device] | None = None,
     method: str = "autodiff",
+    compute_dtype=None,
 ) -> Callable:
     """A jitted data-parallel training step.
 
@@ -50,14 +51,15 @@ def make_step(
     ``step(params, state, opt_state, x, y, key) -> (params, state, opt_state,
     loss)``, with ``x`` and ``y`` split along their first axis over
     ``devices`` (whose number must divide the batch size) and everything
-    else replicated. ``params``, ``state`` and ``opt_state`` are donated.
+    else replicated. ``params``, ``state`` and ``opt_state`` are donated;
+    ``compute_dtype`` is the mixed precision of :func:`fnn.train.make_step`.
     """
     mesh = data_mesh(devices)
     n = mesh.size
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec("data"))
     jitted = jax.jit(
-        train._step_fn(model, loss, optimizer, method),
+        train._step_fn(model, loss, optimizer, method, compute_dtype),
         in_shardings=(replicated, replicated, replicated, split, split, replicated),
         out_shardings=replicated,
         donate_argnums=(0, 1, 2),

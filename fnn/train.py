@@ -29,8 +29,8 @@ from fnn import backprop, losses
 from fnn.protocol import Layer
 
 
-def _step_fn(model: Layer, loss, optimizer, method: str) -> Callable:
-    grad_fn = backprop.value_and_grad(model, loss, method)
+def _step_fn(model: Layer, loss, optimizer, method: str, compute_dtype=None) -> Callable:
+    grad_fn = backprop.value_and_grad(model, loss, method, compute_dtype=compute_dtype)
 
     def step(params, state, opt_state, x, y, key):
         (value, state), grads = grad_fn(params, state, x, y, key=key)
@@ -46,8 +46,13 @@ def make_step(
     optimizer: optax.GradientTransformation,
     *,
     method: str = "autodiff",
+    compute_dtype=None,
 ) -> Callable:
     """A jitted training step.
+
+    ``compute_dtype`` (e.g. ``jnp.bfloat16``) runs forward and backward at
+    that precision with float32 master weights, loss and optimizer state;
+    see :func:`fnn.backprop.value_and_grad`.
 
     Returns:
       ``step(params, state, opt_state, x, y, key) -> (params, state,
@@ -56,7 +61,9 @@ def make_step(
       dropout; pass a fresh one each step (``None`` when the model has no
       randomness).
     """
-    return jax.jit(_step_fn(model, loss, optimizer, method), donate_argnums=(0, 1, 2))
+    return jax.jit(
+        _step_fn(model, loss, optimizer, method, compute_dtype), donate_argnums=(0, 1, 2)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +176,7 @@ def fit(
     patience: int | None = None,
     opt_state=None,
     initial_epoch: int = 0,
+    compute_dtype=None,
     progress: bool | None = None,
     verbose: bool = False,
 ) -> FitResult:
@@ -194,6 +202,8 @@ def fit(
         ``e`` shuffles and drops out with ``fold_in(key, e)``, so ``epochs=N``
         in one run equals ``epochs=k``, a checkpoint, and ``epochs=N,
         initial_epoch=k`` with the restored state, bit for bit.
+      compute_dtype: mixed precision for forward and backward (see
+        :func:`make_step`).
       progress: show a progress bar on stderr (default: when it is a tty).
       verbose: print one line per epoch to stdout.
 
@@ -211,7 +221,7 @@ def fit(
             f"fit: batch_size must be in [1, {len(x)}] (the number of examples), "
             f"got {batch_size}"
         )
-    step = _step_fn(model, loss, optimizer, method)
+    step = _step_fn(model, loss, optimizer, method, compute_dtype)
     run_epoch = _epoch_fn(step, batch_size, num_steps)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     params, state, opt_state = _copy((params, state, opt_state))

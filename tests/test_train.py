@@ -14,7 +14,7 @@ KEY = jax.random.key(0)
 
 
 def classifier():
-    return L.serial(L.Dense(64), L.Relu, L.Dense(64), L.BatchNorm(), L.Relu,
+    return L.serial(L.Dense(64), L.Relu, L.Dense(64, use_bias=False), L.BatchNorm(), L.Relu,
                     L.Dropout(0.1), L.Dense(3))
 
 
@@ -146,3 +146,28 @@ def test_fit_rejects_mismatched_data_and_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         train.fit(model, losses.mse, optim.sgd(0.1), params, state,
                   (jnp.ones((10, 2)), jnp.ones((10, 3))), key=KEY, batch_size=11)
+
+
+@pytest.mark.parametrize("method", ["autodiff", "manual"])
+def test_bfloat16_compute_keeps_float32_master_weights(method):
+    from fnn import backprop
+
+    model = classifier()
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    f32 = backprop.value_and_grad(model, losses.softmax_cross_entropy, method)
+    bf16 = backprop.value_and_grad(model, losses.softmax_cross_entropy, method,
+                                   compute_dtype=jnp.bfloat16)
+    (l32, s32), g32 = jax.jit(f32)(params, state, x[:64], y[:64], key=KEY)
+    (l16, s16), g16 = jax.jit(bf16)(params, state, x[:64], y[:64], key=KEY)
+    assert l16.dtype == jnp.float32
+    assert jax.tree.map(lambda a: a.dtype, (g16, s16)) == jax.tree.map(
+        lambda a: a.dtype, (g32, s32))
+    assert float(l16) == pytest.approx(float(l32), rel=3e-2)
+    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+        assert float(jnp.linalg.norm(a - b)) <= 0.1 * float(jnp.linalg.norm(b)) + 1e-3
+    result = train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params,
+                       state, (x, y), key=KEY, epochs=15, batch_size=32, method=method,
+                       compute_dtype=jnp.bfloat16)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(result.params))
+    assert result.history["train_loss"][-1] < 0.6 * result.history["train_loss"][0]
