@@ -10,8 +10,19 @@ import jax.numpy as jnp
 
 from fnn import activations as act
 
-FUNCTIONS = [act.identity, act.sigmoid, act.tanh, act.relu, act.leaky_relu, act.step,
-             act.softsign, act.gelu, act.silu, act.elu, act.softplus]
+FUNCTIONS = [
+    act.identity,
+    act.sigmoid,
+    act.tanh,
+    act.relu,
+    act.leaky_relu,
+    act.step,
+    act.softsign,
+    act.gelu,
+    act.silu,
+    act.elu,
+    act.softplus,
+]
 
 
 def main(plot_path="activations.png"):
@@ -21,8 +32,10 @@ def main(plot_path="activations.png"):
         manual = act.derivative(fn)(x)
         auto = jax.vmap(jax.grad(fn))(x)
         worst = max(worst, float(jnp.max(jnp.abs(manual - auto))))
-    print(f"{len(FUNCTIONS)} activations; largest |manual - autodiff| derivative "
-          f"on [-10, 10]: {worst:.2e}")
+    print(
+        f"{len(FUNCTIONS)} activations; largest |manual - autodiff| derivative "
+        f"on [-10, 10]: {worst:.2e}"
+    )
     s = act.softmax(jnp.array([3.0, 0.0, 1.0]))
     print("softmax(3, 0, 1) =", [round(float(v), 2) for v in s])
     try:

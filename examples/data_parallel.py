@@ -29,8 +29,9 @@ def main(steps: int = 200, batch_size: int = 128):
     devices = jax.devices()
     print(f"{len(devices)} devices: {devices}")
     (x, y), (x_test, y_test) = data.digits()
-    model = L.serial(L.Flatten(), L.Dense(128, use_bias=False), L.BatchNorm(), L.Relu,
-                     L.Dense(10))
+    model = L.serial(
+        L.Flatten(), L.Dense(128, use_bias=False), L.BatchNorm(), L.Relu, L.Dense(10)
+    )
     _, params, state = model.init(jax.random.key(0), x.shape[1:])
     opt = optim.adam(3e-3)
     rng = np.random.default_rng(0)
@@ -45,11 +46,17 @@ def main(steps: int = 200, batch_size: int = 128):
             p, s, o, value = step(p, s, o, x[idx], y[idx], None)
         results.append((p, s))
         name = f"{len(devices)} devices" if make is parallel.make_step else "1 device"
-        metrics = train.evaluate(model, losses.softmax_cross_entropy, p, s, x_test, y_test)
-        print(f"{name}: final batch loss {float(value):.4f}, "
-              f"test accuracy {metrics['accuracy']:.4f}")
-    gap = max(float(jnp.max(jnp.abs(a - b)))
-              for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])))
+        metrics = train.evaluate(
+            model, losses.softmax_cross_entropy, p, s, x_test, y_test
+        )
+        print(
+            f"{name}: final batch loss {float(value):.4f}, "
+            f"test accuracy {metrics['accuracy']:.4f}"
+        )
+    gap = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]))
+    )
     print(f"largest parameter difference, many devices vs one: {gap:.2e}")
     return gap
 

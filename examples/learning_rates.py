@@ -23,15 +23,25 @@ def main(epochs=20, plot_path="learning_rates.png"):
     _, params, state = model.init(jax.random.key(0), x.shape[1:])
     curves = {}
     for label, lr in RATES.items():
-        result = train.fit(model, losses.softmax_cross_entropy, optim.sgd(lr), params,
-                           state, (x, y), key=jax.random.key(1), epochs=epochs,
-                           batch_size=64)
+        result = train.fit(
+            model,
+            losses.softmax_cross_entropy,
+            optim.sgd(lr),
+            params,
+            state,
+            (x, y),
+            key=jax.random.key(1),
+            epochs=epochs,
+            batch_size=64,
+        )
         curves[label] = result.history["train_loss"]
         final = curves[label][-1] if curves[label] else math.nan
         status = f"stopped: {result.stopped}" if result.stopped else ""
-        print(f"learning rate {lr:g} ({label}): first epoch loss "
-              f"{curves[label][0] if curves[label] else math.nan:.4f}, "
-              f"last {final:.4f} {status}")
+        print(
+            f"learning rate {lr:g} ({label}): first epoch loss "
+            f"{curves[label][0] if curves[label] else math.nan:.4f}, "
+            f"last {final:.4f} {status}"
+        )
     if plot_path:
         try:
             import matplotlib
@@ -43,10 +53,19 @@ def main(epochs=20, plot_path="learning_rates.png"):
             return curves
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, values in curves.items():
-            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3,
-                    label=f"{label}: lr = {RATES[label]:g}")
-        ax.set(xlabel="epoch", ylabel="training loss", yscale="log",
-               title="Gradient descent on digits at three learning rates")
+            ax.plot(
+                range(1, len(values) + 1),
+                values,
+                marker="o",
+                ms=3,
+                label=f"{label}: lr = {RATES[label]:g}",
+            )
+        ax.set(
+            xlabel="epoch",
+            ylabel="training loss",
+            yscale="log",
+            title="Gradient descent on digits at three learning rates",
+        )
         ax.legend()
         fig.tight_layout()
         fig.savefig(plot_path, dpi=100)

@@ -81,8 +81,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = getattr(data, args.dataset)()
-    print(f"{args.dataset}: {len(x_train)} training and {len(x_test)} test images "
-          f"of shape {x_train.shape[1:]}")
+    print(
+        f"{args.dataset}: {len(x_train)} training and {len(x_test)} test images "
+        f"of shape {x_train.shape[1:]}"
+    )
 
     model = deep_mlp(hidden)
     init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
@@ -90,8 +92,9 @@ def main(argv=None):
     print(L.summary(model, x_train.shape[1:]))
 
     loss = losses.softmax_cross_entropy
-    report = backprop.check(model, loss, params, state, x_train[:16], y_train[:16],
-                            key=check_key)
+    report = backprop.check(
+        model, loss, params, state, x_train[:16], y_train[:16], key=check_key
+    )
     print(report)
     if not report.ok:
         raise SystemExit("gradient check failed")
@@ -99,16 +102,30 @@ def main(argv=None):
     steps = epochs * (len(x_train) // batch_size)
     schedule = optax.cosine_decay_schedule(lr, steps)
     result = train.fit(
-        model, loss, optim.adam(schedule), params, state, (x_train, y_train),
-        key=fit_key, epochs=epochs, batch_size=batch_size,
-        validation_data=(x_test, y_test), method=args.method, verbose=True,
+        model,
+        loss,
+        optim.adam(schedule),
+        params,
+        state,
+        (x_train, y_train),
+        key=fit_key,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_test, y_test),
+        method=args.method,
+        verbose=True,
     )
     final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
     wall = time.perf_counter() - start
-    print(f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
-          f"({args.method} gradients, {epochs} epochs, {wall:.1f} s in all)")
-    plot(result.history, args.plot or f"mnist_mlp_{args.dataset}_{args.method}.png",
-         f"deep MLP on {args.dataset}, {args.method} gradients")
+    print(
+        f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
+        f"({args.method} gradients, {epochs} epochs, {wall:.1f} s in all)"
+    )
+    plot(
+        result.history,
+        args.plot or f"mnist_mlp_{args.dataset}_{args.method}.png",
+        f"deep MLP on {args.dataset}, {args.method} gradients",
+    )
     return final
 
 

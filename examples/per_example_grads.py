@@ -32,12 +32,20 @@ def clipped_step(model, loss, optimizer, clip, noise, method):
         mean = jax.tree.map(lambda g: jnp.tensordot(factor, g, axes=1) / len(x), grads)
         leaves, treedef = jax.tree.flatten(mean)
         keys = jax.random.split(noise_key, len(leaves))
-        noisy = [g + noise * clip / len(x) * jax.random.normal(k, g.shape)
-                 for g, k in zip(leaves, keys)]
-        updates, opt_state = optimizer.update(jax.tree.unflatten(treedef, noisy),
-                                              opt_state, params)
-        return (optax.apply_updates(params, updates), state, opt_state,
-                jnp.mean(values), jnp.mean(norms))
+        noisy = [
+            g + noise * clip / len(x) * jax.random.normal(k, g.shape)
+            for g, k in zip(leaves, keys)
+        ]
+        updates, opt_state = optimizer.update(
+            jax.tree.unflatten(treedef, noisy), opt_state, params
+        )
+        return (
+            optax.apply_updates(params, updates),
+            state,
+            opt_state,
+            jnp.mean(values),
+            jnp.mean(norms),
+        )
 
     return step
 
@@ -61,15 +69,27 @@ def main(epochs=15, batch_size=64, clip=1.0, noise=0.5, method="autodiff"):
                 params, state, opt_state, x[idx], y[idx], step_key
             )
         acc = train.evaluate(model, loss, params, state, x_test, y_test)["accuracy"]
-        print(f"epoch {epoch:2d}  loss {float(value):.4f}  mean per-example grad "
-              f"norm {float(norm):.3f}  test accuracy {acc:.4f}")
-    reference = train.fit(model, loss, optim.sgd(0.5), *model.init(jax.random.key(0),
-                          x.shape[1:])[1:], (x, y), key=key, epochs=epochs,
-                          batch_size=batch_size)
-    ref_acc = train.evaluate(model, loss, reference.params, reference.state, x_test,
-                             y_test)["accuracy"]
-    print(f"DP-SGD (clip {clip}, noise {noise}) test accuracy {acc:.4f}; "
-          f"plain SGD {ref_acc:.4f}")
+        print(
+            f"epoch {epoch:2d}  loss {float(value):.4f}  mean per-example grad "
+            f"norm {float(norm):.3f}  test accuracy {acc:.4f}"
+        )
+    reference = train.fit(
+        model,
+        loss,
+        optim.sgd(0.5),
+        *model.init(jax.random.key(0), x.shape[1:])[1:],
+        (x, y),
+        key=key,
+        epochs=epochs,
+        batch_size=batch_size,
+    )
+    ref_acc = train.evaluate(
+        model, loss, reference.params, reference.state, x_test, y_test
+    )["accuracy"]
+    print(
+        f"DP-SGD (clip {clip}, noise {noise}) test accuracy {acc:.4f}; "
+        f"plain SGD {ref_acc:.4f}"
+    )
     return acc, ref_acc
 
 

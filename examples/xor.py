@@ -54,8 +54,12 @@ def main(steps: int = 2000, seed: int = 0):
     model, params = hand_set_network()
     _, _, state = model.init(jax.random.key(seed), (2,))
     out, _ = model.apply(params, state, x)
-    truth_table("1. Hand-set ReLU network: h1 = ReLU(x1+x2), h2 = ReLU(x1+x2-1), "
-                "y = ReLU(h1 - 2 h2)", x, out)
+    truth_table(
+        "1. Hand-set ReLU network: h1 = ReLU(x1+x2), h2 = ReLU(x1+x2-1), "
+        "y = ReLU(h1 - 2 h2)",
+        x,
+        out,
+    )
 
     neuron = L.Dense(1)
     _, params, state = neuron.init(jax.random.key(seed), (2,))
@@ -67,14 +71,17 @@ def main(steps: int = 2000, seed: int = 0):
     truth_table(
         f"\n2. A single linear neuron after {steps} steps: MSE {value:.4f} "
         f"(the best line gives 0.25), accuracy {accuracy:.0%}: it cannot learn XOR",
-        x, out,
+        x,
+        out,
     )
 
     net = L.serial(L.Dense(4), L.Tanh, L.Dense(1))
     _, params, state = net.init(jax.random.key(seed), (2,))
     loss = losses.sigmoid_binary_cross_entropy
-    print("\n3. A 2-4-1 tanh network: manual gradients against autodiff and "
-          "finite differences")
+    print(
+        "\n3. A 2-4-1 tanh network: manual gradients against autodiff and "
+        "finite differences"
+    )
     report = backprop.check(net, loss, params, state, x, y)
     print(report)
     params, state, value = train_steps(
@@ -84,7 +91,8 @@ def main(steps: int = 2000, seed: int = 0):
     truth_table(
         f"\nLearned by gradient descent on manual gradients ({steps} steps, "
         f"loss {value:.4f}): sigmoid outputs",
-        x, fnn.activations.sigmoid(logits),
+        x,
+        fnn.activations.sigmoid(logits),
     )
     return report.ok
 

@@ -11,7 +11,6 @@ differences in float64, leaf by leaf.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +105,9 @@ def value_and_grad(
     def manual(params, state, x, y, *, key=None):
         check_params(model, params, state, per_example_shape(x))
         low_params, x = lowered(params, x)
-        pred, new_state, cache = model.forward(low_params, state, x, key=key, train=train)
+        pred, new_state, cache = model.forward(
+            low_params, state, x, key=key, train=train
+        )
         pred32 = loss_dtype(pred)
         dpred = loss.grad(pred32, y).astype(pred.dtype)
         grads, _ = model.backward(low_params, cache, dpred)
@@ -137,7 +138,9 @@ class LeafCheck:
     def ok(self) -> bool:
         manual_ok = self.manual_abs <= ATOL or self.manual_rel <= MANUAL_RTOL
         fd_ok = (
-            np.isnan(self.fd_abs) or self.fd_abs <= self.fd_atol or self.fd_rel <= FD_RTOL
+            np.isnan(self.fd_abs)
+            or self.fd_abs <= self.fd_atol
+            or self.fd_rel <= FD_RTOL
         )
         return bool(manual_ok and fd_ok)
 
@@ -255,7 +258,9 @@ def _compare(scalar_fn, manual_fn, primals, *, finite_differences, seed):
         m_abs, m_rel = _errors(m, a)
         f_abs = abs(float(p) - float(n))
         f_rel = f_abs / max(abs(float(p)), abs(float(n)), 1e-300)
-        rows.append(LeafCheck(path, tuple(np.shape(a)), m_abs, m_rel, f_abs, f_rel, fd_atol))
+        rows.append(
+            LeafCheck(path, tuple(np.shape(a)), m_abs, m_rel, f_abs, f_rel, fd_atol)
+        )
     return tuple(rows), float(value)
 
 
@@ -336,7 +341,9 @@ def check_layer(
     with jax.enable_x64(True):
         params, state, x = _to_float64((params, state, x))
         diff_x = all(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree.leaves(x))
-        out = jax.eval_shape(lambda: layer.apply(params, state, x, key=key, train=train)[0])
+        out = jax.eval_shape(
+            lambda: layer.apply(params, state, x, key=key, train=train)[0]
+        )
         cot = _random_like(jax.random.key(seed + 1), out)
 
         def split(primals):
@@ -420,8 +427,9 @@ def manual_vjp(layer: Layer) -> Layer:
         _, _, cache = layer.forward(params, state, x, key=key, train=train)
         return y, new_state, cache
 
-    return Layer(layer.init, forward, layer.backward, f"manual_vjp({layer.name})",
-                 (layer,))
+    return Layer(
+        layer.init, forward, layer.backward, f"manual_vjp({layer.name})", (layer,)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -476,15 +484,17 @@ def per_example_grads(model: Layer, loss, method: str = "autodiff", *, train=Tru
                 "undefined. Use LayerNorm, or no normalisation."
             )
         keys = None if key is None else jax.random.split(key, len(x))
-        return jax.vmap(one, in_axes=(None, None, 0, 0, 0 if keys is not None else None))(
-            params, state, x, y, keys
-        )
+        return jax.vmap(
+            one, in_axes=(None, None, 0, 0, 0 if keys is not None else None)
+        )(params, state, x, y, keys)
 
     return f
 
 
 def per_example_norms(grads) -> jax.Array:
     """Global L2 norm of each example's gradient: shape ``(N,)``."""
-    squares = [jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
-               for g in jax.tree.leaves(grads)]
+    squares = [
+        jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
+        for g in jax.tree.leaves(grads)
+    ]
     return jnp.sqrt(sum(squares))

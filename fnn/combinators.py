@@ -53,8 +53,11 @@ def _check_entries(name, params, state, n):
     """Params and state of a combinator hold one entry per child layer."""
     for what, tree in (("params", params), ("state", state)):
         if not isinstance(tree, (tuple, list)) or len(tree) != n:
-            got = f"{type(tree).__name__} of length {len(tree)}" if isinstance(
-                tree, (tuple, list, dict)) else type(tree).__name__
+            got = (
+                f"{type(tree).__name__} of length {len(tree)}"
+                if isinstance(tree, (tuple, list, dict))
+                else type(tree).__name__
+            )
             raise ValueError(
                 f"{name}: {what} must be a tuple with one entry per layer ({n}), "
                 f"got a {got}; pass the {what} that this model's init returned"
@@ -112,7 +115,9 @@ def parallel(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         shapes = _tuple_of_shapes(name, input_shape, n)
-        out = [layer.init(k, s) for layer, k, s in zip(layers, _split_key(key, n), shapes)]
+        out = [
+            layer.init(k, s) for layer, k, s in zip(layers, _split_key(key, n), shapes)
+        ]
         return tuple(zip(*out)) if out else ((), (), ())
 
     def forward(params, state, x, *, key=None, train=False):
@@ -126,7 +131,10 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(ys), tuple(new_state), tuple(caches)
 
     def backward(params, caches, dy):
-        out = [layer.backward(p, c, d) for layer, p, c, d in zip(layers, params, caches, dy)]
+        out = [
+            layer.backward(p, c, d)
+            for layer, p, c, d in zip(layers, params, caches, dy)
+        ]
         dparams, dx = zip(*out) if out else ((), ())
         return tuple(dparams), tuple(dx)
 
@@ -286,7 +294,9 @@ def _children(layer):
         return "serial", layer.layers
     if layer.name.startswith("residual("):
         inner = layer.layers[0]
-        return "residual", inner.layers if inner.name.startswith("serial(") else (inner,)
+        return "residual", inner.layers if inner.name.startswith("serial(") else (
+            inner,
+        )
     return None, ()
 
 

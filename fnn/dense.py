@@ -138,4 +138,3 @@ def Reshape(shape) -> Layer:
         return out
 
     return _reshape_layer(name, resolve)
-

@@ -20,6 +20,7 @@ from fnn.activation_layers import (
     Step,
     Tanh,
 )
+from fnn.attention import Embedding, MultiHeadAttention, positional_encoding
 from fnn.combinators import (
     fan_in_concat,
     fan_in_sum,
@@ -29,13 +30,24 @@ from fnn.combinators import (
     serial,
     summary,
 )
+from fnn.conv import AvgPool, Conv, MaxPool
 from fnn.dense import Dense, Flatten, Reshape
 from fnn.dropout import Dropout
 from fnn.normalization import BatchNorm, LayerNorm
 from fnn.protocol import Layer, MissingKeyError, ShapeError
+from fnn.recurrent import GRU, LSTM, SimpleRNN
 
 __all__ = [
+    "AvgPool",
     "BatchNorm",
+    "Conv",
+    "Embedding",
+    "GRU",
+    "LSTM",
+    "MaxPool",
+    "MultiHeadAttention",
+    "SimpleRNN",
+    "positional_encoding",
     "Dense",
     "Dropout",
     "Elu",

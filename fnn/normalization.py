@@ -40,7 +40,10 @@ def _scale_and_bias_init(name):
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape, min_rank=1)
         c = input_shape[-1]
-        params = {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}
+        params = {
+            "scale": jnp.ones((c,), jnp.float32),
+            "bias": jnp.zeros((c,), jnp.float32),
+        }
         return input_shape, params, c
 
     return init
@@ -68,7 +71,10 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def init(key, input_shape):
         shape, params, c = init_params(key, input_shape)
-        state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+        state = {
+            "mean": jnp.zeros((c,), jnp.float32),
+            "var": jnp.ones((c,), jnp.float32),
+        }
         return shape, params, state
 
     def forward(params, state, x, *, key=None, train=False):
@@ -89,11 +95,13 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             inv = jax.lax.rsqrt(state["var"] + eps)
             x_hat = (x - per_channel(state["mean"], x.ndim)) * per_channel(inv, x.ndim)
             new_state, cache = state, {"running": (x_hat, inv)}
-        y = x_hat * per_channel(params["scale"], x.ndim) + per_channel(params["bias"], x.ndim)
+        y = x_hat * per_channel(params["scale"], x.ndim) + per_channel(
+            params["bias"], x.ndim
+        )
         return y, new_state, cache
 
     def backward(params, cache, dy):
-        (mode, (x_hat, inv)), = cache.items()
+        ((mode, (x_hat, inv)),) = cache.items()
         axes = tuple(range(dy.ndim - 1))
         dbias = jnp.sum(dy, axis=axes)
         dscale = jnp.sum(dy * x_hat, axis=axes)
@@ -133,7 +141,9 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
         centred = x - jnp.mean(x, axis=-1, keepdims=True)
         inv = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
         x_hat = centred * inv
-        y = x_hat * per_channel(params["scale"], x.ndim) + per_channel(params["bias"], x.ndim)
+        y = x_hat * per_channel(params["scale"], x.ndim) + per_channel(
+            params["bias"], x.ndim
+        )
         return y, state, (x_hat, inv)
 
     def backward(params, cache, dy):
@@ -145,7 +155,10 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
             - jnp.mean(dx_hat, axis=-1, keepdims=True)
             - x_hat * jnp.mean(dx_hat * x_hat, axis=-1, keepdims=True)
         )
-        dparams = {"scale": jnp.sum(dy * x_hat, axis=axes), "bias": jnp.sum(dy, axis=axes)}
+        dparams = {
+            "scale": jnp.sum(dy * x_hat, axis=axes),
+            "bias": jnp.sum(dy, axis=axes),
+        }
         return dparams, dx
 
     return Layer(init, forward, backward, name)

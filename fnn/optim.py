@@ -14,13 +14,13 @@ and any optax optimiser works wherever an fnn one does.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
@@ -71,9 +71,9 @@ class AdamState(NamedTuple):
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     """Adam's direction with bias-corrected moments::
 
-        m <- b1 m + (1 - b1) g          m_hat = m / (1 - b1**t)
-        v <- b2 v + (1 - b2) g**2       v_hat = v / (1 - b2**t)
-        direction = m_hat / (sqrt(v_hat) + eps)
+    m <- b1 m + (1 - b1) g          m_hat = m / (1 - b1**t)
+    v <- b2 v + (1 - b2) g**2       v_hat = v / (1 - b2**t)
+    direction = m_hat / (sqrt(v_hat) + eps)
     """
 
     def init(params):

@@ -91,4 +91,6 @@ def replicate(tree, devices: Sequence[jax.Device] | None = None):
 
 def shard_batch(tree, devices: Sequence[jax.Device] | None = None):
     """Splits every leaf of ``tree`` along its first axis over ``devices``."""
-    return jax.device_put(tree, NamedSharding(data_mesh(devices), PartitionSpec("data")))
+    return jax.device_put(
+        tree, NamedSharding(data_mesh(devices), PartitionSpec("data"))
+    )

@@ -187,7 +187,10 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
     _, want_params, want_state = jax.eval_shape(
         lambda key: layer.init(key, input_shape), jax.random.key(0)
     )
-    for what, got, want in (("params", params, want_params), ("state", state, want_state)):
+    for what, got, want in (
+        ("params", params, want_params),
+        ("state", state, want_state),
+    ):
         got_leaves = jax.tree_util.tree_flatten_with_path(got)[0]
         want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
         got_paths = [jax.tree_util.keystr(p) for p, _ in got_leaves]

@@ -29,7 +29,9 @@ from fnn import backprop, losses
 from fnn.protocol import Layer
 
 
-def _step_fn(model: Layer, loss, optimizer, method: str, compute_dtype=None) -> Callable:
+def _step_fn(
+    model: Layer, loss, optimizer, method: str, compute_dtype=None
+) -> Callable:
     grad_fn = backprop.value_and_grad(model, loss, method, compute_dtype=compute_dtype)
 
     def step(params, state, opt_state, x, y, key):
@@ -62,7 +64,8 @@ def make_step(
       randomness).
     """
     return jax.jit(
-        _step_fn(model, loss, optimizer, method, compute_dtype), donate_argnums=(0, 1, 2)
+        _step_fn(model, loss, optimizer, method, compute_dtype),
+        donate_argnums=(0, 1, 2),
     )
 
 

@@ -27,11 +27,17 @@ def setup(model=None, n=16):
 
 def test_check_passes_on_a_deep_network_with_batchnorm_and_dropout():
     model, params, state, x, y = setup()
-    report = backprop.check(model, losses.softmax_cross_entropy, params, state, x, y,
-                            key=jax.random.key(3))
+    report = backprop.check(
+        model, losses.softmax_cross_entropy, params, state, x, y, key=jax.random.key(3)
+    )
     assert report.ok, str(report)
     assert [r.path for r in report.rows] == [
-        "[0]['b']", "[0]['w']", "[1]['bias']", "[1]['scale']", "[4]['b']", "[4]['w']"
+        "[0]['b']",
+        "[0]['w']",
+        "[1]['bias']",
+        "[1]['scale']",
+        "[4]['b']",
+        "[4]['w']",
     ]
     assert "all leaves agree" in str(report)
 
@@ -59,8 +65,12 @@ def test_check_catches_a_wrong_backward(factor):
 
 def test_check_layer_catches_a_wrong_input_gradient():
     good = L.Tanh
-    bad = Layer(good.init, good.forward,
-                lambda p, c, dy: (p, 1.001 * good.backward(p, c, dy)[1]), "BadTanh")
+    bad = Layer(
+        good.init,
+        good.forward,
+        lambda p, c, dy: (p, 1.001 * good.backward(p, c, dy)[1]),
+        "BadTanh",
+    )
     x = jax.random.normal(KEY, (3, 4))
     assert backprop.check_layer(good, (), (), x).ok
     report = backprop.check_layer(bad, (), (), x)
@@ -92,7 +102,9 @@ def test_manual_vjp_makes_jax_grad_use_the_hand_written_backward():
     model, params, state, x, y = setup()
     wrapped = backprop.manual_vjp(model)
     f_auto = backprop.value_and_grad(model, losses.softmax_cross_entropy, "autodiff")
-    f_wrapped = backprop.value_and_grad(wrapped, losses.softmax_cross_entropy, "autodiff")
+    f_wrapped = backprop.value_and_grad(
+        wrapped, losses.softmax_cross_entropy, "autodiff"
+    )
     (_, _), g1 = jax.jit(f_auto)(params, state, x, y, key=KEY)
     (_, _), g2 = jax.jit(f_wrapped)(params, state, x, y, key=KEY)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
@@ -103,8 +115,9 @@ def test_manual_vjp_makes_jax_grad_use_the_hand_written_backward():
     _, p, s = bad.init(KEY, (4,))
     f_bad = backprop.value_and_grad(bad, losses.softmax_cross_entropy, "autodiff")
     f_ref = backprop.value_and_grad(bad, losses.softmax_cross_entropy, "manual")
-    np.testing.assert_allclose(f_bad(p, s, x, y)[1][1]["w"], f_ref(p, s, x, y)[1][1]["w"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        f_bad(p, s, x, y)[1][1]["w"], f_ref(p, s, x, y)[1][1]["w"], rtol=1e-5
+    )
 
 
 def test_manual_needs_a_loss_with_a_gradient():
@@ -142,8 +155,10 @@ def test_per_example_grads_match_one_example_at_a_time(method):
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g)):
             np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6)
     norms = backprop.per_example_norms(grads)
-    expected = [np.sqrt(sum(float(jnp.sum(leaf[i] ** 2)) for leaf in jax.tree.leaves(grads)))
-                for i in range(4)]
+    expected = [
+        np.sqrt(sum(float(jnp.sum(leaf[i] ** 2)) for leaf in jax.tree.leaves(grads)))
+        for i in range(4)
+    ]
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
 
 

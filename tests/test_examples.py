@@ -24,7 +24,10 @@ def test_xor_truth_tables_and_gradient_check(capsys):
     assert "it cannot learn XOR" in out and "0.500" in out.split("2. A single")[1]
     learned = out.split("Learned by gradient descent")[1]
     assert [line.split("|")[1].strip() for line in learned.splitlines()[2:6]] == [
-        "0.000", "1.000", "1.000", "0.000"
+        "0.000",
+        "1.000",
+        "1.000",
+        "0.000",
     ] or all(
         (float(line.split("|")[1]) > 0.5) == (a != b)
         for line in learned.splitlines()[2:6]
@@ -42,7 +45,9 @@ def test_main_job_on_digits_reaches_96_percent(tmp_path):
 
 
 def test_learning_rates_tell_their_story(tmp_path):
-    curves = example("learning_rates")["main"](epochs=4, plot_path=str(tmp_path / "lr.png"))
+    curves = example("learning_rates")["main"](
+        epochs=4, plot_path=str(tmp_path / "lr.png")
+    )
     small, good, large = curves["too small"], curves["good"], curves["too large"]
     assert good[-1] < 0.7 * good[0]  # converging
     assert small[-1] > 0.97 * small[0]  # crawling
@@ -61,11 +66,18 @@ def test_per_example_clipping_trains():
 
 
 def test_data_parallel_example_matches_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "PYTHONPATH": str(EXAMPLES.parent)}
-    out = subprocess.run([sys.executable, str(EXAMPLES / "data_parallel.py"),
-                          "--steps", "20"], env=env, capture_output=True, text=True,
-                         timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "PYTHONPATH": str(EXAMPLES.parent),
+    }
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "data_parallel.py"), "--steps", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "4 devices" in out.stdout
     gap = float(out.stdout.rsplit(":", 1)[1])

@@ -243,7 +243,9 @@ def test_summary_lists_layers_shapes_and_counts():
 def test_state_of_the_wrong_structure_is_an_error_not_a_skip():
     model = L.serial(L.Dense(2), L.Relu)
     _, params, _ = model.init(KEY, (2,))
-    with pytest.raises(ValueError, match=r"state must be a tuple with one entry per layer \(2\)"):
+    with pytest.raises(
+        ValueError, match=r"state must be a tuple with one entry per layer \(2\)"
+    ):
         model.apply(params, (), jnp.ones((3, 2)))
 
 
@@ -254,7 +256,9 @@ def test_params_from_another_model_are_named():
     b = L.serial(L.Dense(5), L.Relu, L.Dense(3))
     _, params_b, state_b = b.init(KEY, (2,))
     f = backprop.value_and_grad(a, losses.softmax_cross_entropy)
-    with pytest.raises(ValueError, match=r"params\[0\]\['b'\] has shape \(5,\).*needs \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"params\[0\]\['b'\] has shape \(5,\).*needs \(4,\)"
+    ):
         jax.jit(f)(params_b, state_b, jnp.ones((3, 2)), jnp.zeros((3,), jnp.int32))
     c = L.serial(L.Dense(4), L.Relu, L.Dense(3, use_bias=False))
     _, params_c, state_c = c.init(KEY, (2,))

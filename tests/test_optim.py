@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from fnn import losses, optim, train
 from fnn import layers as L
+from fnn import losses, optim, train
 
 KEY = jax.random.key(0)
 
@@ -15,13 +15,22 @@ KEY = jax.random.key(0)
 OPTIMIZERS = [
     ("sgd", optim.sgd(0.05), optax.sgd(0.05)),
     ("momentum", optim.momentum(0.05, beta=0.9), optax.sgd(0.05, momentum=0.9)),
-    ("nesterov", optim.momentum(0.05, beta=0.8, nesterov=True),
-     optax.sgd(0.05, momentum=0.8, nesterov=True)),
+    (
+        "nesterov",
+        optim.momentum(0.05, beta=0.8, nesterov=True),
+        optax.sgd(0.05, momentum=0.8, nesterov=True),
+    ),
     ("adam", optim.adam(1e-2), optax.adam(1e-2)),
-    ("adam-betas", optim.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6),
-     optax.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6)),
-    ("adam-schedule", optim.adam(optax.exponential_decay(1e-2, 10, 0.5)),
-     optax.adam(optax.exponential_decay(1e-2, 10, 0.5))),
+    (
+        "adam-betas",
+        optim.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6),
+        optax.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6),
+    ),
+    (
+        "adam-schedule",
+        optim.adam(optax.exponential_decay(1e-2, 10, 0.5)),
+        optax.adam(optax.exponential_decay(1e-2, 10, 0.5)),
+    ),
 ]
 
 
@@ -35,15 +44,18 @@ def problem():
 
 def run(optimizer, steps=100, method="autodiff"):
     model, params, state, x, y = problem()
-    step = train.make_step(model, losses.softmax_cross_entropy, optimizer, method=method)
+    step = train.make_step(
+        model, losses.softmax_cross_entropy, optimizer, method=method
+    )
     opt_state = optimizer.init(params)
     for _ in range(steps):
         params, state, opt_state, loss = step(params, state, opt_state, x, y, None)
     return params, float(loss)
 
 
-@pytest.mark.parametrize("ours, reference", [c[1:] for c in OPTIMIZERS],
-                         ids=[c[0] for c in OPTIMIZERS])
+@pytest.mark.parametrize(
+    "ours, reference", [c[1:] for c in OPTIMIZERS], ids=[c[0] for c in OPTIMIZERS]
+)
 def test_matches_optax_over_100_steps(ours, reference):
     mine, loss = run(ours)
     theirs, _ = run(reference)
@@ -57,7 +69,9 @@ def test_sgd_is_w_minus_lr_grad():
     grads = {"w": jnp.array([0.5, 0.25])}
     opt = optim.sgd(0.1)
     updates, _ = opt.update(grads, opt.init(params), params)
-    np.testing.assert_allclose(optax.apply_updates(params, updates)["w"], [0.95, -2.025])
+    np.testing.assert_allclose(
+        optax.apply_updates(params, updates)["w"], [0.95, -2.025]
+    )
 
 
 def test_adam_first_step_moves_each_weight_by_the_learning_rate():

@@ -9,16 +9,21 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fnn import losses, optim, parallel, train
 from fnn import layers as L
+from fnn import losses, optim, parallel, train
 
 SCRIPT = Path(__file__).parent / "scripts" / "parallel_equivalence.py"
 
 
 def test_four_devices_match_one_device_with_batch_norm_and_dropout():
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[2])}
-    out = subprocess.run([sys.executable, "-W", "error", str(SCRIPT)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", str(SCRIPT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all-reduce in compiled program: True" in out.stdout
     assert "agree after 5 steps" in out.stdout

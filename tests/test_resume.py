@@ -10,8 +10,9 @@ from fnn import layers as L
 
 
 def model():
-    return L.serial(L.Dense(32, use_bias=False), L.BatchNorm(), L.Relu, L.Dropout(0.3),
-                    L.Dense(3))
+    return L.serial(
+        L.Dense(32, use_bias=False), L.BatchNorm(), L.Relu, L.Dropout(0.3), L.Dense(3)
+    )
 
 
 def problem():
@@ -58,15 +59,43 @@ def test_fit_resume_is_bit_exact(tmp_path):
     opt = optim.momentum(0.05)
     key = jax.random.key(7)
     kwargs = dict(key=key, batch_size=16)
-    full = train.fit(net, losses.softmax_cross_entropy, opt, params, state, (x, y),
-                     epochs=4, **kwargs)
-    first = train.fit(net, losses.softmax_cross_entropy, opt, params, state, (x, y),
-                      epochs=2, **kwargs)
+    full = train.fit(
+        net,
+        losses.softmax_cross_entropy,
+        opt,
+        params,
+        state,
+        (x, y),
+        epochs=4,
+        **kwargs,
+    )
+    first = train.fit(
+        net,
+        losses.softmax_cross_entropy,
+        opt,
+        params,
+        state,
+        (x, y),
+        epochs=2,
+        **kwargs,
+    )
     path = tmp_path / "fit.fnn"
     checkpoint.save(path, (first.params, first.state, first.opt_state))
     p, s, o = checkpoint.load(path, (first.params, first.state, first.opt_state))
-    rest = train.fit(net, losses.softmax_cross_entropy, opt, p, s, (x, y), epochs=4,
-                     initial_epoch=2, opt_state=o, **kwargs)
-    assert_bitwise_equal((full.params, full.state, full.opt_state),
-                         (rest.params, rest.state, rest.opt_state))
+    rest = train.fit(
+        net,
+        losses.softmax_cross_entropy,
+        opt,
+        p,
+        s,
+        (x, y),
+        epochs=4,
+        initial_epoch=2,
+        opt_state=o,
+        **kwargs,
+    )
+    assert_bitwise_equal(
+        (full.params, full.state, full.opt_state),
+        (rest.params, rest.state, rest.opt_state),
+    )
     assert full.history["train_loss"][2:] == rest.history["train_loss"]

@@ -14,8 +14,15 @@ KEY = jax.random.key(0)
 
 
 def classifier():
-    return L.serial(L.Dense(64), L.Relu, L.Dense(64, use_bias=False), L.BatchNorm(), L.Relu,
-                    L.Dropout(0.1), L.Dense(3))
+    return L.serial(
+        L.Dense(64),
+        L.Relu,
+        L.Dense(64, use_bias=False),
+        L.BatchNorm(),
+        L.Relu,
+        L.Dropout(0.1),
+        L.Dense(3),
+    )
 
 
 def spirals():
@@ -62,13 +69,23 @@ def test_fit_learns_spirals_and_records_history():
     model = classifier()
     x, y = spirals()
     _, params, state = model.init(KEY, (2,))
-    result = train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params,
-                       state, (x, y), key=KEY, epochs=30, batch_size=32,
-                       validation_data=(x, y))
+    result = train.fit(
+        model,
+        losses.softmax_cross_entropy,
+        optim.adam(1e-2),
+        params,
+        state,
+        (x, y),
+        key=KEY,
+        epochs=30,
+        batch_size=32,
+        validation_data=(x, y),
+    )
     assert len(result.history["train_loss"]) == 30
     assert result.history["train_loss"][-1] < 0.5 * result.history["train_loss"][0]
-    metrics = train.evaluate(model, losses.softmax_cross_entropy, result.params,
-                             result.state, x, y)
+    metrics = train.evaluate(
+        model, losses.softmax_cross_entropy, result.params, result.state, x, y
+    )
     assert metrics["accuracy"] > 0.85
     assert metrics["accuracy"] == pytest.approx(result.history["val_accuracy"][-1])
     assert result.stopped is None
@@ -79,8 +96,18 @@ def test_fit_manual_and_autodiff_train_alike():
     x, y = spirals()
     _, params, state = model.init(KEY, (2,))
     runs = [
-        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
-                  (x, y), key=KEY, epochs=3, batch_size=64, method=m)
+        train.fit(
+            model,
+            losses.softmax_cross_entropy,
+            optim.sgd(0.1),
+            params,
+            state,
+            (x, y),
+            key=KEY,
+            epochs=3,
+            batch_size=64,
+            method=m,
+        )
         for m in ("autodiff", "manual")
     ]
     for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
@@ -91,11 +118,13 @@ def test_evaluate_matches_a_direct_computation():
     model = L.serial(L.Dense(3))
     x, y = spirals()
     _, params, state = model.init(KEY, (2,))
-    metrics = train.evaluate(model, losses.softmax_cross_entropy, params, state, x, y,
-                             batch_size=100)  # uneven last batch
+    metrics = train.evaluate(
+        model, losses.softmax_cross_entropy, params, state, x, y, batch_size=100
+    )  # uneven last batch
     logits, _ = model.apply(params, state, x)
-    assert metrics["loss"] == pytest.approx(float(losses.softmax_cross_entropy(logits, y)),
-                                            rel=1e-5)
+    assert metrics["loss"] == pytest.approx(
+        float(losses.softmax_cross_entropy(logits, y)), rel=1e-5
+    )
     assert metrics["accuracy"] == pytest.approx(float(jnp.mean(logits.argmax(-1) == y)))
 
 
@@ -105,16 +134,27 @@ def test_early_stopping_returns_the_best_parameters():
     _, params, state = model.init(KEY, (2,))
     # Validation labels are noise, so validation loss soon stops improving.
     y_noise = jax.random.randint(KEY, y.shape, 0, 3)
-    result = train.fit(model, losses.softmax_cross_entropy, optim.adam(3e-2), params,
-                       state, (x, y), key=KEY, epochs=50, batch_size=32,
-                       validation_data=(x, y_noise), patience=3)
+    result = train.fit(
+        model,
+        losses.softmax_cross_entropy,
+        optim.adam(3e-2),
+        params,
+        state,
+        (x, y),
+        key=KEY,
+        epochs=50,
+        batch_size=32,
+        validation_data=(x, y_noise),
+        patience=3,
+    )
     history = result.history["val_loss"]
     assert result.stopped and "early stopping" in result.stopped
     assert len(history) < 50
     best = int(np.argmin(history))
     assert len(history) == best + 1 + 3
-    final = train.evaluate(model, losses.softmax_cross_entropy, result.params,
-                           result.state, x, y_noise)
+    final = train.evaluate(
+        model, losses.softmax_cross_entropy, result.params, result.state, x, y_noise
+    )
     assert final["loss"] == pytest.approx(history[best], rel=1e-5)
 
 
@@ -124,13 +164,24 @@ def test_fit_stops_on_a_non_finite_loss_keeping_the_last_finite_parameters():
     y = jnp.zeros((64, 1))
     _, params, state = model.init(KEY, (4,))
     # Plain gradient descent with a huge rate diverges geometrically to inf.
-    result = train.fit(model, losses.mse, optim.sgd(1e3), params, state, (x, y),
-                       key=KEY, epochs=3, batch_size=16)
+    result = train.fit(
+        model,
+        losses.mse,
+        optim.sgd(1e3),
+        params,
+        state,
+        (x, y),
+        key=KEY,
+        epochs=3,
+        batch_size=16,
+    )
     match = re.search(r"non-finite loss \S+ at epoch (\d+), step (\d+)", result.stopped)
     assert match, result.stopped
     epoch, step = map(int, match.groups())
     assert len(result.history["train_loss"]) == epoch - 1  # finished epochs only
-    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(result.params))
+    assert all(
+        bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(result.params)
+    )
     # Every batch is the same here, so the returned (finite) parameters are the
     # ones on which the failing step saw its non-finite loss.
     pred, _ = model.apply(result.params, result.state, x)
@@ -141,11 +192,26 @@ def test_fit_rejects_mismatched_data_and_bad_batch_size():
     model = L.serial(L.Dense(3))
     _, params, state = model.init(KEY, (2,))
     with pytest.raises(ValueError, match="x has 10 examples but y has 9"):
-        train.fit(model, losses.mse, optim.sgd(0.1), params, state,
-                  (jnp.ones((10, 2)), jnp.ones((9, 3))), key=KEY)
+        train.fit(
+            model,
+            losses.mse,
+            optim.sgd(0.1),
+            params,
+            state,
+            (jnp.ones((10, 2)), jnp.ones((9, 3))),
+            key=KEY,
+        )
     with pytest.raises(ValueError, match="batch_size"):
-        train.fit(model, losses.mse, optim.sgd(0.1), params, state,
-                  (jnp.ones((10, 2)), jnp.ones((10, 3))), key=KEY, batch_size=11)
+        train.fit(
+            model,
+            losses.mse,
+            optim.sgd(0.1),
+            params,
+            state,
+            (jnp.ones((10, 2)), jnp.ones((10, 3))),
+            key=KEY,
+            batch_size=11,
+        )
 
 
 @pytest.mark.parametrize("method", ["autodiff", "manual"])
@@ -156,18 +222,30 @@ def test_bfloat16_compute_keeps_float32_master_weights(method):
     x, y = spirals()
     _, params, state = model.init(KEY, (2,))
     f32 = backprop.value_and_grad(model, losses.softmax_cross_entropy, method)
-    bf16 = backprop.value_and_grad(model, losses.softmax_cross_entropy, method,
-                                   compute_dtype=jnp.bfloat16)
+    bf16 = backprop.value_and_grad(
+        model, losses.softmax_cross_entropy, method, compute_dtype=jnp.bfloat16
+    )
     (l32, s32), g32 = jax.jit(f32)(params, state, x[:64], y[:64], key=KEY)
     (l16, s16), g16 = jax.jit(bf16)(params, state, x[:64], y[:64], key=KEY)
     assert l16.dtype == jnp.float32
     assert jax.tree.map(lambda a: a.dtype, (g16, s16)) == jax.tree.map(
-        lambda a: a.dtype, (g32, s32))
+        lambda a: a.dtype, (g32, s32)
+    )
     assert float(l16) == pytest.approx(float(l32), rel=3e-2)
     for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
         assert float(jnp.linalg.norm(a - b)) <= 0.1 * float(jnp.linalg.norm(b)) + 1e-3
-    result = train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params,
-                       state, (x, y), key=KEY, epochs=15, batch_size=32, method=method,
-                       compute_dtype=jnp.bfloat16)
+    result = train.fit(
+        model,
+        losses.softmax_cross_entropy,
+        optim.adam(1e-2),
+        params,
+        state,
+        (x, y),
+        key=KEY,
+        epochs=15,
+        batch_size=32,
+        method=method,
+        compute_dtype=jnp.bfloat16,
+    )
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(result.params))
     assert result.history["train_loss"][-1] < 0.6 * result.history["train_loss"][0]

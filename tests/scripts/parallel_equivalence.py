@@ -11,12 +11,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fnn import losses, optim, parallel, train  # noqa: E402
 from fnn import layers as L  # noqa: E402
+from fnn import losses, optim, parallel, train  # noqa: E402
 
 assert jax.device_count() == 4, jax.devices()
-model = L.serial(L.Dense(16, use_bias=False), L.BatchNorm(), L.Relu, L.Dropout(0.25),
-                 L.Dense(3))
+model = L.serial(
+    L.Dense(16, use_bias=False), L.BatchNorm(), L.Relu, L.Dropout(0.25), L.Dense(3)
+)
 _, params, state = model.init(jax.random.key(0), (5,))
 x = jax.random.normal(jax.random.key(1), (32, 5)) * 3 + 1
 y = jax.random.randint(jax.random.key(2), (32,), 0, 3)
@@ -40,8 +41,10 @@ for name, make in (("one", train.make_step), ("four", parallel.make_step)):
 np.testing.assert_allclose(l1, l4, rtol=1e-5)
 for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p4, s4))):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
-print(f"loss one device {l1:.6f}, four devices {l4:.6f}: parameters and batch-norm "
-      "state agree after 5 steps")
+print(
+    f"loss one device {l1:.6f}, four devices {l4:.6f}: parameters and batch-norm "
+    "state agree after 5 steps"
+)
 
 try:
     parallel.make_step(model, losses.softmax_cross_entropy, opt)(
