@@ -205,27 +205,25 @@ def _errors(manual, autodiff) -> tuple[float, float]:
     return err, err / max(float(np.max(np.abs(autodiff))), 1e-300)
 
 
-def _gradients_and_differences(scalar_fn, manual_fn, primals, seed, fd):
+def _gradients_and_differences(scalar_fn, manual_fn, primals, directions, fd):
     """Everything a check needs, computed in one jitted float64 program.
 
     Returns ``(value, manual, autodiff, predicted, numeric)``: the scalar at
     ``primals``, the hand-written and autodiff gradients of it, and per leaf
     ``<autodiff_i, t_i>`` and the central difference of ``scalar_fn`` along
-    a random unit direction ``t_i`` that moves that leaf only.
+    the unit direction ``t_i`` (a leaf of ``directions``) that moves that
+    leaf only.
     """
     value, autodiff = jax.value_and_grad(scalar_fn)(primals)
     manual = manual_fn(primals)
     leaves, treedef = jax.tree.flatten(primals)
-    auto_leaves = jax.tree.leaves(autodiff)
-    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    auto_leaves, dir_leaves = jax.tree.leaves(autodiff), jax.tree.leaves(directions)
     predicted, numeric = [], []
-    for i, (leaf, a) in enumerate(zip(leaves, auto_leaves)):
+    for i, (leaf, a, t) in enumerate(zip(leaves, auto_leaves, dir_leaves)):
         if not (fd and leaf.size):
             predicted.append(jnp.nan)
             numeric.append(jnp.nan)
             continue
-        t = jax.random.normal(keys[i], leaf.shape, leaf.dtype)
-        t = t / jnp.linalg.norm(t)
 
         def moved(sign, i=i, t=t):
             shifted = list(leaves)
@@ -239,12 +237,20 @@ def _gradients_and_differences(scalar_fn, manual_fn, primals, seed, fd):
 
 def _compare(scalar_fn, manual_fn, primals, *, finite_differences, seed):
     """One :class:`LeafCheck` per leaf of ``primals``, and the scalar's value."""
+    # Test vectors come from NumPy: random bits drawn inside the jitted
+    # program would multiply its compile time for nothing.
+    rng = np.random.default_rng(seed)
+    directions = jax.tree.map(
+        lambda leaf: _unit(rng.standard_normal(np.shape(leaf))), primals
+    )
     run = jax.jit(
-        lambda p: _gradients_and_differences(
-            scalar_fn, manual_fn, p, seed, finite_differences
+        lambda p, d: _gradients_and_differences(
+            scalar_fn, manual_fn, p, d, finite_differences
         )
     )
-    value, manual, autodiff, predicted, numeric = jax.device_get(run(primals))
+    value, manual, autodiff, predicted, numeric = jax.device_get(
+        run(primals, directions)
+    )
     paths = [keystr for keystr, _ in _named_leaves(primals)]
     manual_leaves, auto_leaves = jax.tree.leaves(manual), jax.tree.leaves(autodiff)
     if len(manual_leaves) != len(paths):
@@ -262,6 +268,10 @@ def _compare(scalar_fn, manual_fn, primals, *, finite_differences, seed):
             LeafCheck(path, tuple(np.shape(a)), m_abs, m_rel, f_abs, f_rel, fd_atol)
         )
     return tuple(rows), float(value)
+
+
+def _unit(t):
+    return t / max(float(np.linalg.norm(t)), 1e-300)
 
 
 def _named_leaves(tree):
@@ -344,7 +354,8 @@ def check_layer(
         out = jax.eval_shape(
             lambda: layer.apply(params, state, x, key=key, train=train)[0]
         )
-        cot = _random_like(jax.random.key(seed + 1), out)
+        rng = np.random.default_rng(seed + 1)
+        cot = jax.tree.map(lambda o: rng.standard_normal(o.shape), out)
 
         def split(primals):
             return primals["params"], primals["x"] if diff_x else x
@@ -365,16 +376,6 @@ def check_layer(
             scalar, manual, primals, finite_differences=finite_differences, seed=seed
         )
         return GradCheckReport(rows, value)
-
-
-def _random_like(key, tree):
-    """Standard-normal arrays shaped like each leaf of ``tree``."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return jax.tree.unflatten(
-        treedef,
-        [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)],
-    )
 
 
 # --------------------------------------------------------------------------

@@ -154,9 +154,7 @@ def SimpleRNN(hidden: int) -> Layer:
             return da @ w_h_t, da
 
         dh_end = jnp.zeros_like(hs[0])
-        _, da = jax.lax.scan(
-            step, dh_end, (_batch_major(dy), 1 - hs**2), reverse=True
-        )
+        _, da = jax.lax.scan(step, dh_end, (_batch_major(dy), 1 - hs**2), reverse=True)
         return _reduce(params, x, _shift(hs), da, da)
 
     return Layer(init, forward, backward, name)
@@ -229,7 +227,12 @@ def LSTM(hidden: int) -> Layer:
         dc_from_dh = o * (1 - tc**2)
         # dz = [dc, dc, dc, dh] * gain, the local derivatives of each gate.
         gain = jnp.concatenate(
-            [g * i * (1 - i), _shift(cs) * f * (1 - f), i * (1 - g**2), tc * o * (1 - o)],
+            [
+                g * i * (1 - i),
+                _shift(cs) * f * (1 - f),
+                i * (1 - g**2),
+                tc * o * (1 - o),
+            ],
             axis=-1,
         )
         w_h_t = params["w_h"].T

@@ -9,63 +9,62 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fnn import backprop
+from fnn import backprop, losses
 from fnn import layers as L
 from fnn.attention import Embedding, MultiHeadAttention, positional_encoding
 from fnn.protocol import ShapeError
+from fnn.recurrent import GRU
 
 KEY = jax.random.key(0)
 N, D, F = 2, 3, 4
 
 
-def _perturbed(params, seed=1, scale=0.3):
+def _normal(seed, shape, scale=1.0):
+    """Test data from NumPy: no jax.random program to compile per shape."""
+    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape))
+
+
+def _perturbed(params, scale=0.3):
     """Parameters moved off their init, so zero biases carry information."""
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef,
-        [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)],
-    )
+    moved = [p + _normal(i, p.shape, scale) for i, p in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, moved)
 
 
 def _attention(heads, t, causal, n=N):
     layer = MultiHeadAttention(heads, F, causal=causal)
     out_shape, params, state = layer.init(KEY, (t, D))
-    x = jax.random.normal(jax.random.key(2), (n, t, D))
-    return layer, out_shape, _perturbed(params), state, x
+    return layer, out_shape, _perturbed(params), state, _normal(99, (n, t, D))
 
 
-# (id, layer, params, state, x, output shape from init)
-def _cases():
-    cases = []
-    for causal in (False, True):
-        for heads in (1, 2):
-            for t in (1, 4):
-                layer, out_shape, params, state, x = _attention(heads, t, causal)
-                cases.append(
-                    (
-                        f"mha-heads{heads}-T{t}{'-causal' if causal else ''}",
-                        (layer, params, state, x, out_shape),
-                    )
-                )
-    # Repeated ids, so the scatter-add must accumulate.
-    ids = jnp.array([[0, 1, 1, 4], [3, 3, 3, 0]])
+def _embedding(ids):
     layer = Embedding(5, D)
-    out_shape, params, state = layer.init(KEY, (4,))
-    cases.append(("embedding-sequence", (layer, params, state, ids, out_shape)))
-    ids = jnp.array([[[2, 0], [2, 2], [1, 0]], [[4, 4], [0, 1], [2, 3]]])
-    out_shape, params, state = layer.init(KEY, (3, 2))
-    cases.append(("embedding-2d-ids", (layer, params, state, ids, out_shape)))
-    return cases
+    out_shape, params, state = layer.init(KEY, ids.shape[1:])
+    return layer, out_shape, params, state, ids
 
 
-CASES = _cases()
+CASES = {
+    f"mha-heads{heads}-T{t}{'-causal' if causal else ''}": (
+        _attention,
+        (heads, t, causal),
+    )
+    for causal in (False, True)
+    for heads in (1, 2)
+    for t in (1, 4)
+} | {
+    # Repeated ids, so the scatter-add must accumulate.
+    "embedding-sequence": (_embedding, (jnp.array([[0, 1, 1, 4], [3, 3, 3, 0]]),)),
+    "embedding-2d-ids": (
+        _embedding,
+        (jnp.array([[[2, 0], [2, 2], [1, 0]], [[4, 4], [0, 1], [2, 3]]]),),
+    ),
+}
 
 
-@pytest.mark.parametrize("case", [c[1] for c in CASES], ids=[c[0] for c in CASES])
-def test_backward_matches_autodiff_and_finite_differences(case):
-    layer, params, state, x, out_shape = case
-    y, _ = jax.jit(layer.apply)(params, state, x)
+@pytest.mark.parametrize("build, args", CASES.values(), ids=CASES.keys())
+def test_backward_matches_autodiff_and_finite_differences(build, args):
+    layer, out_shape, params, state, x = build(*args)
+    y, _ = jax.eval_shape(layer.apply, params, state, x)
     assert y.shape == (x.shape[0], *out_shape)
     report = backprop.check_layer(layer, params, state, x)
     assert report.ok, str(report)
@@ -89,9 +88,13 @@ def _attention_reference(p, x, heads, causal):
             for i in range(t):
                 keys = range(i + 1) if causal else range(t)
                 scores = np.array([q[b, i, cols] @ k[b, j, cols] for j in keys])
-                weights = np.exp(scores / math.sqrt(dh) - np.max(scores / math.sqrt(dh)))
+                weights = np.exp(
+                    scores / math.sqrt(dh) - np.max(scores / math.sqrt(dh))
+                )
                 weights /= weights.sum()
-                o[b, i, cols] = sum(w * v[b, j, cols] for w, j in zip(weights, keys))
+                o[b, i, cols] = sum(
+                    w * v[b, j, cols] for w, j in zip(weights, keys, strict=True)
+                )
     return o @ p["w_o"] + p["b_o"]
 
 
@@ -125,13 +128,16 @@ def test_attention_parameter_shapes():
 
 
 def test_features_not_divisible_by_heads_is_rejected():
-    with pytest.raises(ValueError, match=r"features \(6\) must be divisible by num_heads \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"features \(6\) must be divisible by num_heads \(4\)"
+    ):
         MultiHeadAttention(4, 6)
 
 
 def test_attention_init_rejects_input_that_is_not_a_sequence():
     with pytest.raises(
-        ShapeError, match=r"MultiHeadAttention\(2, 4, causal=False\): expected input \(T, d\)"
+        ShapeError,
+        match=r"MultiHeadAttention\(2, 4, causal=False\): expected input \(T, d\)",
     ):
         MultiHeadAttention(2, 4).init(KEY, (5,))
 
@@ -176,28 +182,46 @@ def test_embedding_gradient_sums_over_repeated_ids():
 def test_embedding_rejects_float_ids_naming_the_layer():
     layer = Embedding(5, 3)
     _, params, state = layer.init(KEY, (4,))
-    with pytest.raises(TypeError, match=r"Embedding\(5, 3\): expects integer token ids"):
+    with pytest.raises(
+        TypeError, match=r"Embedding\(5, 3\): expects integer token ids"
+    ):
         jax.jit(lambda x: layer.apply(params, state, x))(jnp.ones((N, 4)))
 
 
-def test_embedding_under_manual_vjp_gives_autodiff_gradients():
-    """``dx=None`` crosses jax.custom_vjp; a small causal transformer block."""
-    t, vocab = 4, 6
+def test_tiny_language_model_three_gradients_agree():
+    """Embedding -> causal attention -> GRU -> Dense, next-token cross-entropy:
+    the manual chain rule, autodiff, and autodiff through ``manual_vjp``
+    (where Embedding's ``dx=None`` crosses ``jax.custom_vjp``)."""
+    vocab = 6
     model = L.serial(
-        Embedding(vocab, F), MultiHeadAttention(2, F, causal=True), L.Dense(vocab)
+        Embedding(vocab, F),
+        MultiHeadAttention(2, F, causal=True),
+        GRU(3),
+        L.Dense(vocab),
     )
-    _, params, state = model.init(KEY, (t,))
+    _, params, state = model.init(KEY, (4,))
     params = _perturbed(params)
     ids = jnp.array([[0, 5, 5, 2], [3, 1, 0, 4]])
+    labels = jnp.roll(ids, -1, axis=1)
+    loss = losses.softmax_cross_entropy
     wrapped = L.serial(*(backprop.manual_vjp(layer) for layer in model.layers))
 
-    def loss(m):
-        return lambda p: jnp.sum(jnp.sin(m.apply(p, state, ids)[0]))
+    @jax.jit
+    def gradients(params):
+        grad = {
+            m: backprop.value_and_grad(model, loss, m)(params, state, ids, labels)[1]
+            for m in ("manual", "autodiff")
+        }
+        grad["manual_vjp"] = backprop.value_and_grad(wrapped, loss)(
+            params, state, ids, labels
+        )[1]
+        return grad
 
-    manual = jax.jit(jax.grad(loss(wrapped)))(params)
-    auto = jax.jit(jax.grad(loss(model)))(params)
-    for m, a in zip(jax.tree.leaves(manual), jax.tree.leaves(auto)):
-        np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-6)
+    grads = gradients(params)
+    auto = jax.tree.leaves(grads["autodiff"])
+    for method in ("manual", "manual_vjp"):
+        for m, a in zip(jax.tree.leaves(grads[method]), auto, strict=True):
+            np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------
