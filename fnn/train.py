@@ -124,14 +124,19 @@ class FitResult(NamedTuple):
     stopped: str | None  # why training stopped early, or None
 
 
-def _epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
+def _plan(key, n: int, batch_size: int, num_steps: int):
+    """An epoch's minibatch indices ``(num_steps, batch_size)`` and step keys."""
+    perm_key, step_key = jax.random.split(key)
+    perm = jax.random.permutation(perm_key, n)
+    batches = perm[: num_steps * batch_size].reshape(num_steps, batch_size)
+    return batches, jax.random.split(step_key, num_steps)
+
+
+def _scanned_epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
     """One epoch (or its first ``num_steps`` steps) as one compiled scan."""
 
     def epoch(params, state, opt_state, x, y, key):
-        perm_key, step_key = jax.random.split(key)
-        perm = jax.random.permutation(perm_key, len(x))
-        batches = perm[: num_steps * batch_size].reshape(num_steps, batch_size)
-        keys = jax.random.split(step_key, num_steps)
+        batches, keys = _plan(key, len(x), batch_size, num_steps)
 
         def body(carry, batch):
             idx, k = batch
@@ -142,6 +147,52 @@ def _epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
         return (*carry, values)
 
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
+
+
+def _looped_epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
+    """The same epoch as a Python loop of jitted steps (same batches, keys).
+
+    Each step gathers its minibatch on the device, so the loop pays one
+    dispatch per step and nothing else.
+    """
+    plan = jax.jit(_plan, static_argnums=(1, 2, 3))
+
+    def step_at(params, state, opt_state, x, y, batches, keys, i):
+        idx = batches[i]
+        return step(params, state, opt_state, x[idx], y[idx], keys[i])
+
+    step_at = jax.jit(step_at, donate_argnums=(0, 1, 2))
+
+    def epoch(params, state, opt_state, x, y, key):
+        batches, keys = plan(key, len(x), batch_size, num_steps)
+        values = []
+        for i in range(num_steps):
+            params, state, opt_state, value = step_at(
+                params, state, opt_state, x, y, batches, keys, i
+            )
+            values.append(value)
+        return params, state, opt_state, jnp.stack(values)
+
+    return epoch
+
+
+def _has_conv(model: Layer) -> bool:
+    return model.name.startswith("Conv") or any(map(_has_conv, model.layers))
+
+
+def _scan_by_default(model: Layer) -> bool:
+    """Whether a compiled-scan epoch is the faster choice for ``model``.
+
+    It is everywhere we measured (``benchmarks/epochs.py``) except for
+    convolutions on XLA's CPU backend, which run 4-10x slower inside a loop
+    body than at the top level of a program (jax-ml/jax#12868).
+    """
+    return not (jax.default_backend() == "cpu" and _has_conv(model))
+
+
+def _epoch_fn(step, batch_size: int, num_steps: int, scan: bool) -> Callable:
+    make = _scanned_epoch_fn if scan else _looped_epoch_fn
+    return make(step, batch_size, num_steps)
 
 
 def _copy(tree):
@@ -180,6 +231,7 @@ def fit(
     opt_state=None,
     initial_epoch: int = 0,
     compute_dtype=None,
+    scan: bool | None = None,
     progress: bool | None = None,
     verbose: bool = False,
 ) -> FitResult:
@@ -187,7 +239,8 @@ def fit(
 
     Each epoch is one compiled ``lax.scan`` over ``len(x) // batch_size``
     minibatches drawn from a fresh on-device permutation; the last partial
-    batch is left out of that epoch (a different one each epoch).
+    batch is left out of that epoch (a different one each epoch). With
+    ``scan=False`` the same minibatches run as a Python loop of jitted steps.
 
     Args:
       model, loss, optimizer: what to train, on which loss, how.
@@ -207,6 +260,9 @@ def fit(
         initial_epoch=k`` with the restored state, bit for bit.
       compute_dtype: mixed precision for forward and backward (see
         :func:`make_step`).
+      scan: run each epoch as one compiled scan (``True``) or as a loop of
+        jitted steps (``False``). Both give the same result; the default
+        picks the faster: the scan, except for convolutional models on CPU.
       progress: show a progress bar on stderr (default: when it is a tty).
       verbose: print one line per epoch to stdout.
 
@@ -225,7 +281,8 @@ def fit(
             f"got {batch_size}"
         )
     step = _step_fn(model, loss, optimizer, method, compute_dtype)
-    run_epoch = _epoch_fn(step, batch_size, num_steps)
+    scan = _scan_by_default(model) if scan is None else scan
+    run_epoch = _epoch_fn(step, batch_size, num_steps, scan)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     params, state, opt_state = _copy((params, state, opt_state))
     history = {"train_loss": [], "time": []}
@@ -251,7 +308,7 @@ def fit(
             )
             params, state, opt_state = before
             if bad:
-                params, state, opt_state, _ = _epoch_fn(step, batch_size, bad)(
+                params, state, opt_state, _ = _epoch_fn(step, batch_size, bad, scan)(
                     params, state, opt_state, x, y, epoch_key
                 )
             history["time"].pop()

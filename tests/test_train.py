@@ -114,6 +114,31 @@ def test_fit_manual_and_autodiff_train_alike():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_scanned_and_looped_epochs_train_alike():
+    """Both epoch forms walk the same minibatches with the same dropout keys."""
+    x, y = spirals()
+    _, params, state = classifier().init(KEY, (2,))
+    results = [
+        train.fit(classifier(), losses.softmax_cross_entropy, optim.adam(1e-2),
+                  params, state, (x, y), key=KEY, epochs=2, batch_size=64,
+                  scan=scan)
+        for scan in (True, False)
+    ]  # fmt: skip
+    scanned, looped = (r.history["train_loss"] for r in results)
+    np.testing.assert_allclose(scanned, looped, rtol=1e-5)
+    trained = [jax.tree.leaves((r.params, r.state)) for r in results]
+    for a, b in zip(*trained):  # parameters and batch-norm running statistics
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_convolutional_models_loop_on_cpu():
+    from fnn.conv import Conv
+
+    assert train._scan_by_default(classifier())
+    cnn = L.serial(L.residual(Conv(4, (3, 3))), L.Flatten(), L.Dense(2))
+    assert train._scan_by_default(cnn) == (jax.default_backend() != "cpu")
+
+
 def test_evaluate_matches_a_direct_computation():
     model = L.serial(L.Dense(3))
     x, y = spirals()
@@ -158,7 +183,8 @@ def test_early_stopping_returns_the_best_parameters():
     assert final["loss"] == pytest.approx(history[best], rel=1e-5)
 
 
-def test_fit_stops_on_a_non_finite_loss_keeping_the_last_finite_parameters():
+@pytest.mark.parametrize("scan", [True, False])
+def test_fit_stops_on_a_non_finite_loss_keeping_the_last_finite_parameters(scan):
     model = L.serial(L.Dense(1, kernel_init=jax.nn.initializers.ones))
     x = jnp.ones((64, 4))
     y = jnp.zeros((64, 1))
@@ -174,6 +200,7 @@ def test_fit_stops_on_a_non_finite_loss_keeping_the_last_finite_parameters():
         key=KEY,
         epochs=3,
         batch_size=16,
+        scan=scan,
     )
     match = re.search(r"non-finite loss \S+ at epoch (\d+), step (\d+)", result.stopped)
     assert match, result.stopped

@@ -1,0 +1,175 @@
+"""A small convolutional network on MNIST: 99% test accuracy in 3 epochs.
+
+The network is the classic two-block CNN::
+
+    Conv 3x3x32 - ReLU - MaxPool 2 - Conv 3x3x64 - ReLU - MaxPool 2
+    - Flatten - Dense 128 - ReLU - Dropout 0.5 - Dense 10
+
+trained with Adam on a one-cycle learning-rate schedule (warm up, then cosine
+decay), batch 128. Every layer has a hand-written backward pass: the
+convolution's is a transposed convolution, max pooling routes each gradient
+to its window's maximum. `fnn.backprop.check` compares them with autodiff and
+float64 finite differences on a small batch before training, and
+`--method manual` trains on them.
+
+MNIST is read by `fnn.data.mnist()` (from `$FNN_DATA_DIR` or the user cache,
+downloading where a network exists); without it the example says so and
+falls back to the 8x8 digits bundled with fnn (`--dataset digits` picks them
+directly). On 2 CPU cores 3 MNIST epochs take a few minutes.
+
+Run: python examples/mnist_cnn.py [--dataset mnist|digits] [--method manual]
+         [--epochs 3] [--plot mnist_cnn.png] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+import optax
+
+from fnn import backprop, data, losses, optim, train
+from fnn import layers as L
+from fnn.conv import Conv, MaxPool
+
+DEFAULTS = {  # dataset: (epochs, batch size, peak learning rate)
+    "mnist": (3, 128, 3e-3),
+    "digits": (30, 64, 3e-3),
+}
+QUICK = {  # dataset: (epochs, training examples kept, test examples kept)
+    "mnist": (1, 4096, 2000),
+    "digits": (12, None, None),
+}
+
+
+def cnn(num_classes: int = 10, rate: float = 0.5) -> L.Layer:
+    """Two conv blocks (3x3 convolution, ReLU, 2x2 max pooling), then an MLP."""
+    return L.serial(
+        Conv(32, (3, 3)), L.Relu, MaxPool((2, 2)),
+        Conv(64, (3, 3)), L.Relu, MaxPool((2, 2)),
+        L.Flatten(), L.Dense(128), L.Relu, L.Dropout(rate), L.Dense(num_classes),
+    )  # fmt: skip
+
+
+@jax.jit
+def off_kinks(params, key):
+    """``params`` plus N(0, 0.01^2) noise: a gradient-check point off ReLU's kink.
+
+    At init every bias is 0, so on an image's blank background each conv
+    output is exactly 0, on ReLU's kink, where a finite difference measures
+    the slope of one side only (0 or 1) while both gradients take relu'(0) = 0.
+    A small shift moves every unit to one side.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy)
+
+
+def load(dataset: str):
+    """``(dataset name, splits)``; MNIST falls back to digits when absent."""
+    if dataset == "mnist":
+        try:
+            return "mnist", data.mnist()
+        except (data.DownloadError, FileNotFoundError) as e:
+            print(f"MNIST is not available ({str(e).splitlines()[0]})")
+            print("falling back to the bundled 8x8 digits (--dataset digits)")
+            dataset = "digits"
+    return dataset, data.digits()
+
+
+def plot(history, path, title):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
+        return
+    epochs = range(1, len(history["train_loss"]) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, history["train_loss"], marker="o", label="train")
+    ax1.plot(epochs, history["val_loss"], marker="o", label="test")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    ax1.legend()
+    ax2.plot(epochs, history["val_accuracy"], marker="o")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DEFAULTS), default="mnist")
+    parser.add_argument("--method", choices=backprop.METHODS, default="autodiff")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run on a subset (seconds): for tests")
+    parser.add_argument("--plot", default="mnist_cnn.png", help="PNG path")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    dataset, ((x_train, y_train), (x_test, y_test)) = load(args.dataset)
+    epochs, batch_size, lr = DEFAULTS[dataset]
+    if args.quick:
+        epochs, n_train, n_test = QUICK[dataset]
+        x_train, y_train = x_train[:n_train], y_train[:n_train]
+        x_test, y_test = x_test[:n_test], y_test[:n_test]
+    epochs = args.epochs or epochs
+    batch_size = args.batch_size or batch_size
+    lr = args.lr or lr
+    print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images "
+          f"of shape {x_train.shape[1:]}")
+
+    model = cnn()
+    init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
+    _, params, state = jax.jit(model.init, static_argnums=1)(
+        init_key, x_train.shape[1:]
+    )
+    print(L.summary(model, x_train.shape[1:]))
+
+    loss = losses.softmax_cross_entropy
+    report = backprop.check(model, loss, off_kinks(params, check_key), state,
+                            x_train[:8], y_train[:8], key=check_key)
+    print(report)
+    if not report.ok:
+        raise SystemExit("gradient check failed: manual and autodiff disagree")
+
+    steps = epochs * (len(x_train) // batch_size)
+    schedule = optax.cosine_onecycle_schedule(steps, lr, pct_start=0.2)
+    tic = time.perf_counter()
+    result = train.fit(
+        model, loss, optim.adam(schedule), params, state, (x_train, y_train),
+        key=fit_key, epochs=epochs, batch_size=batch_size,
+        validation_data=(x_test, y_test), method=args.method, verbose=True,
+    )
+    train_time = time.perf_counter() - tic
+    final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
+    wall = time.perf_counter() - start
+    print(f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
+          f"({args.method} gradients, {epochs} epochs of {len(x_train)} images: "
+          f"{train_time:.1f} s training, {wall:.1f} s in all; epoch times "
+          f"{', '.join(f'{t:.1f}' for t in result.history['time'])} s)")
+    plot(result.history, args.plot, f"CNN on {dataset}, {args.method} gradients")
+    return {
+        **final,
+        "dataset": dataset,
+        "epochs": epochs,
+        "train_time": train_time,
+        "wall_time": wall,
+        "epoch_times": list(np.asarray(result.history["time"])),
+        "check_ok": report.ok,
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The benchmark scripts run end to end and print their tables.
+
+``benchmarks/run.py --quick`` times only fnn and plain JAX (no Flax, Equinox
+or PyTorch needed) on the ``tiny`` and ``mlp`` workloads with a handful of
+steps; it runs in a subprocess because it re-executes itself under another
+memory allocator.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args, timeout=300):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # conftest's two fake devices are not for timing
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_run_quick_prints_table_and_targets(tmp_path):
+    out = tmp_path / "results.json"
+    proc = _run("benchmarks/run.py", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert "allocator:" in text
+    assert "matmul peak" in text
+    for row in ("tiny", "mlp"):
+        for contender in ("fnn-autodiff", "fnn-manual", "jax"):
+            assert any(
+                line.split()[:2] == [row, contender] for line in text.splitlines()
+            ), f"no {row}/{contender} row in:\n{text}"
+    assert "targets:" in text
+    assert "fnn-autodiff <= 1.02x jax" in text
+    results = json.loads(out.read_text())
+    assert {(r["workload"], r["contender"]) for r in results["results"]} == {
+        (w, c) for w in ("tiny", "mlp") for c in ("fnn-autodiff", "fnn-manual", "jax")
+    }
+    for r in results["results"]:
+        assert r["ms_per_step"] > 0 and r["gflops"] > 0
+        if r["contender"] == "jax":
+            assert r["ratio_to_jax"] == 1.0
+
+
+def test_run_list_names_flop_formulas():
+    proc = _run("benchmarks/run.py", "--list", "--allocator", "system", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "GFLOP" in proc.stdout and "large" in proc.stdout
+
+
+def test_run_rejects_unknown_workload():
+    proc = _run(
+        "benchmarks/run.py", "--workloads", "nope", "--allocator", "system", timeout=120
+    )
+    assert proc.returncode != 0
+    assert "unknown workload 'nope'" in proc.stderr
+
+
+def test_flop_counts_match_the_formula():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.workloads import WORKLOADS
+
+    mlp = WORKLOADS["mlp"]
+    forward = 2 * 128 * (784 * 512 + 512 * 512 + 512 * 10)
+    assert mlp.step_flops() == 3 * forward - 2 * 128 * 784 * 512
+    cnn = WORKLOADS["cnn"]
+    conv1 = 2 * 128 * 28 * 28 * 32 * 9
+    conv2 = 2 * 128 * 14 * 14 * 64 * 9 * 32
+    dense = 2 * 128 * (3136 * 128 + 128 * 10)
+    assert cnn.step_flops() == 3 * (conv1 + conv2 + dense) - conv1
