@@ -3,11 +3,17 @@
 Timing interleaves contenders: a run is ``rounds`` rounds, and in each
 round every contender takes one untimed step (to bring its buffers back
 into cache) and then ``steps`` timed ones, each called from Python and
-blocked on. The contenders' order rotates from round to round and a short
-pause separates them (so spinning worker threads of the previous one have
-gone to sleep). A contender's figure is the median over rounds of its
-per-step mean, so a burst of load from elsewhere on the machine spoils a
-round of every contender alike and drops out of the median.
+blocked on, each timed on its own. The contenders' order rotates from round
+to round and a short pause separates them (so the spinning worker threads
+of the previous one have gone to sleep), so load from elsewhere on the
+machine falls on all of them alike.
+
+A contender's figure is the median of all its step times. On a shared
+machine the step-time distribution has a long tail (the process is
+descheduled mid-step); the median ignores the tail, where a mean would
+report mostly the other processes. The spread shown beside it is half the
+interquartile range of the per-round medians, relative: how much the
+figure moved from round to round.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+PEAK_SIZES = (512, 1024, 2048)
 
-def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
+
+def matmul_gflops(n: int, repeats: int = 7) -> float:
     """Best float32 GFLOP/s of a jitted ``(n, n) @ (n, n)``, ``2 n^3`` FLOPs."""
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), jnp.float32)
@@ -39,13 +47,27 @@ def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def time_steps(step: Callable[[], Any], steps: int) -> float:
-    """Seconds per step of ``steps`` blocked calls, after one untimed call."""
+def matmul_peak(
+    sizes: Sequence[int] = PEAK_SIZES, repeats: int = 7
+) -> dict[int, float]:
+    """GFLOP/s per square size; the machine's peak is the best of them.
+
+    Several sizes, because XLA's CPU matmul is not fastest at the largest:
+    on the 2-core development VM 1024 ran ~1.5x faster than 2048.
+    """
+    return {n: matmul_gflops(n, repeats) for n in sizes}
+
+
+def time_steps(step: Callable[[], Any], steps: int) -> list[float]:
+    """Seconds of each of ``steps`` blocked calls, after one untimed call."""
     jax.block_until_ready(step())
-    tic = time.perf_counter()
+    clock = time.perf_counter
+    out = []
     for _ in range(steps):
+        tic = clock()
         jax.block_until_ready(step())
-    return (time.perf_counter() - tic) / steps
+        out.append(clock() - tic)
+    return out
 
 
 def interleaved(
@@ -55,15 +77,15 @@ def interleaved(
     steps: int,
     pause: float = 0.02,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per step of each contender, one entry per round.
+) -> dict[str, list[list[float]]]:
+    """Step times of each contender: one list of ``steps`` seconds per round.
 
     Garbage collection is off while a round runs and done between rounds.
     """
     names = list(steps_by_name)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
+    per_round: dict[str, list[list[float]]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         gc.collect()
         gc.disable()
         try:

@@ -122,25 +122,53 @@ WORKLOADS = {
     w.name: w
     for w in (
         Workload(
-            "mlp", "mlp", (784,), (512, 512), 10, 128,
+            "mlp",
+            "mlp",
+            (784,),
+            (512, 512),
+            10,
+            128,
             note="784-512-512-10 ReLU, softmax cross-entropy, batch 128",
         ),
         Workload(
-            "mlp_bn_dropout", "mlp", (784,), (512, 512), 10, 128, bn_dropout=True,
+            "mlp_bn_dropout",
+            "mlp",
+            (784,),
+            (512, 512),
+            10,
+            128,
+            bn_dropout=True,
             note="mlp with Dense -> BatchNorm -> ReLU -> Dropout(0.2) per hidden "
             "layer, training mode",
         ),
         Workload(
-            "cnn", "cnn", (28, 28, 1), (), 10, 128,
+            "cnn",
+            "cnn",
+            (28, 28, 1),
+            (),
+            10,
+            128,
             note="28x28x1 -> Conv3x3x32 SAME -> ReLU -> MaxPool2 -> Conv3x3x64 -> "
             "ReLU -> MaxPool2 -> Flatten -> Dense128 -> ReLU -> Dense10, batch 128",
         ),
         Workload(
-            "tiny", "mlp", (2,), (16, 16), 1, 32, activation="tanh", loss="mse",
+            "tiny",
+            "mlp",
+            (2,),
+            (16, 16),
+            1,
+            32,
+            activation="tanh",
+            loss="mse",
             note="2-16-16-1 tanh, MSE, batch 32 (dispatch-bound)",
         ),
         Workload(
-            "large", "mlp", (784,), (1024, 1024), 10, 1024,
+            "large",
+            "mlp",
+            (784,),
+            (1024, 1024),
+            10,
+            1024,
             note="784-1024-1024-10 ReLU, softmax cross-entropy, batch 1024 "
             "(compute-bound)",
         ),

@@ -35,6 +35,7 @@ CONTENDERS = {
     "flax-nnx-split": ("flax_steps", "nnx_split_merge", "peer"),
     "equinox": ("equinox_steps", "filter_jit", "peer"),
     "torch": ("torch_steps", "eager", "peer"),
+    "torch-1thread": ("torch_steps", "eager_1thread", "peer"),
 }
 
 # What each contender is, for the legend under the table.
@@ -51,6 +52,8 @@ DESCRIPTIONS = {
     "equinox": "equinox modules (vmapped per example), eqx.filter_jit step "
     "with donation, optax.adam",
     "torch": "PyTorch eager, torch.optim.Adam, set_num_threads(cores)",
+    "torch-1thread": "as torch, set_num_threads(1) (see torch_steps.py: OpenMP "
+    "barriers on a busy machine)",
 }
 
 

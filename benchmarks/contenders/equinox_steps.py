@@ -61,8 +61,11 @@ def _layers(workload, key):
         if workload.bn_dropout:
             out.append(
                 eqx.nn.BatchNorm(
-                    d_out, axis_name="batch", momentum=wl.BN_MOMENTUM,
-                    eps=wl.BN_EPS, mode="batch",
+                    d_out,
+                    axis_name="batch",
+                    momentum=wl.BN_MOMENTUM,
+                    eps=wl.BN_EPS,
+                    mode="batch",
                 )
             )
         out.append(eqx.nn.Lambda(_ACT[workload.activation]))
@@ -98,7 +101,9 @@ def filter_jit(workload):
         (loss, state), grads = eqx.filter_value_and_grad(objective, has_aux=True)(
             model, state
         )
-        updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        updates, opt_state = tx.update(
+            grads, opt_state, eqx.filter(model, eqx.is_array)
+        )
         return eqx.apply_updates(model, updates), state, opt_state, loss
 
     def run():

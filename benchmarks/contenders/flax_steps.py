@@ -66,8 +66,11 @@ def linen(workload):
     def objective(params, stats, x, y, key):
         if workload.bn_dropout:
             out, mutated = net.apply(
-                {"params": params, "batch_stats": stats}, x, train=True,
-                rngs={"dropout": key}, mutable=["batch_stats"],
+                {"params": params, "batch_stats": stats},
+                x,
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
             )
             return loss_fn(workload, out, y), mutated["batch_stats"]
         out = net.apply({"params": params}, x, train=True)
@@ -101,8 +104,10 @@ class _NnxNet(nnx.Module):
         self.act = _ACT[workload.activation]
         if workload.kind == "cnn":
             self.convs = nnx.List(
-                [nnx.Conv(ci, co, (3, 3), padding="SAME", rngs=rngs)
-                 for _, ci, co, _ in wl.CNN_CONVS]
+                [
+                    nnx.Conv(ci, co, (3, 3), padding="SAME", rngs=rngs)
+                    for _, ci, co, _ in wl.CNN_CONVS
+                ]
             )
             self.dense = nnx.List(
                 [nnx.Linear(i, o, rngs=rngs) for i, o in wl.CNN_DENSE]
@@ -114,8 +119,12 @@ class _NnxNet(nnx.Module):
         )
         if workload.bn_dropout:
             self.bn = nnx.List(
-                [nnx.BatchNorm(h, momentum=wl.BN_MOMENTUM, epsilon=wl.BN_EPS, rngs=rngs)
-                 for h in workload.hidden]
+                [
+                    nnx.BatchNorm(
+                        h, momentum=wl.BN_MOMENTUM, epsilon=wl.BN_EPS, rngs=rngs
+                    )
+                    for h in workload.hidden
+                ]
             )
             self.dropout = nnx.Dropout(wl.DROPOUT_RATE, rngs=rngs)
 

@@ -9,8 +9,8 @@ import fnn.train
 from benchmarks import workloads as wl
 from benchmarks.contenders import Unavailable
 from benchmarks.contenders.common import device_batch, key_cycle, needs_key
-from fnn import losses
 from fnn import layers as nn
+from fnn import losses
 
 
 def model(workload):
@@ -21,9 +21,16 @@ def model(workload):
         except Exception as e:  # being written in parallel: skip, do not fail
             raise Unavailable(f"fnn.conv not usable: {type(e).__name__}: {e}") from None
         return nn.serial(
-            Conv(32, (3, 3)), nn.Relu, MaxPool((2, 2)),
-            Conv(64, (3, 3)), nn.Relu, MaxPool((2, 2)),
-            nn.Flatten(), nn.Dense(128), nn.Relu, nn.Dense(10),
+            Conv(32, (3, 3)),
+            nn.Relu,
+            MaxPool((2, 2)),
+            Conv(64, (3, 3)),
+            nn.Relu,
+            MaxPool((2, 2)),
+            nn.Flatten(),
+            nn.Dense(128),
+            nn.Relu,
+            nn.Dense(10),
         )
     act = {"relu": nn.Relu, "tanh": nn.Tanh}[workload.activation]
     body = []
@@ -41,13 +48,21 @@ def loss_of(workload):
     return {"xent": losses.softmax_cross_entropy, "mse": losses.mse}[workload.loss]
 
 
-def _build(workload, method):
+def jitted_step(workload, method):
+    """fnn's jitted step and its first arguments ``(params, state, opt_state,
+    x, y, key)``, for timing and for reading its compiled program."""
     net = model(workload)
     _, params, state = net.init(jax.random.key(0), workload.input_shape)
     optimizer = fnn.optim.adam(wl.LEARNING_RATE)
     opt_state = optimizer.init(params)
     step = fnn.train.make_step(net, loss_of(workload), optimizer, method=method)
     x, y = device_batch(workload)
+    key = jax.random.key(1) if needs_key(workload) else None
+    return step, (params, state, opt_state, x, y, key)
+
+
+def _build(workload, method):
+    step, (params, state, opt_state, x, y, _) = jitted_step(workload, method)
     keys = key_cycle() if needs_key(workload) else None
 
     def run():

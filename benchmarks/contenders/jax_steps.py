@@ -31,7 +31,8 @@ def init(workload, key):
         keys = jax.random.split(key, 4)
         for i, (k, ci, co, _) in enumerate(wl.CNN_CONVS):
             params[f"conv{i}"] = {
-                "w": _lecun(keys[i], (k, k, ci, co)), "b": jnp.zeros((co,))
+                "w": _lecun(keys[i], (k, k, ci, co)),
+                "b": jnp.zeros((co,)),
             }
         for i, (d_in, d_out) in enumerate(wl.CNN_DENSE):
             params[f"dense{i}"] = _dense(keys[2 + i], d_in, d_out)
@@ -52,7 +53,10 @@ def _batch_norm(p, s, x):
     var = jnp.mean(jnp.square(x - mean), axis=0)
     y = (x - mean) * lax.rsqrt(var + wl.BN_EPS) * p["scale"] + p["bias"]
     m = wl.BN_MOMENTUM
-    return y, {"mean": m * s["mean"] + (1 - m) * mean, "var": m * s["var"] + (1 - m) * var}
+    return y, {
+        "mean": m * s["mean"] + (1 - m) * mean,
+        "var": m * s["var"] + (1 - m) * var,
+    }
 
 
 def _dropout(key, x):
@@ -102,7 +106,10 @@ def loss_fn(workload, out, y):
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
 
 
-def plain(workload):
+def jitted_step(workload):
+    """The plain JAX jitted step and its first arguments: ``(params, state,
+    opt_state, x, y, key)`` with batch norm or dropout, else ``(params,
+    opt_state, x, y)``."""
     params, state = init(workload, jax.random.key(0))
     tx = optax.adam(wl.LEARNING_RATE)
     opt_state = tx.init(params)
@@ -121,6 +128,19 @@ def plain(workload):
 
     if needs_key(workload):
         step = jax.jit(full_step, donate_argnums=(0, 1, 2))
+        return step, (params, state, opt_state, x, y, jax.random.key(1))
+
+    def bare_step(params, opt_state, x, y):
+        params, _, opt_state, loss = full_step(params, {}, opt_state, x, y, None)
+        return params, opt_state, loss
+
+    return jax.jit(bare_step, donate_argnums=(0, 1)), (params, opt_state, x, y)
+
+
+def plain(workload):
+    step, args = jitted_step(workload)
+    if needs_key(workload):
+        params, state, opt_state, x, y, _ = args
         keys = key_cycle()
 
         def run():
@@ -132,11 +152,7 @@ def plain(workload):
 
         return run
 
-    def bare_step(params, opt_state, x, y):
-        params, _, opt_state, loss = full_step(params, {}, opt_state, x, y, None)
-        return params, opt_state, loss
-
-    step = jax.jit(bare_step, donate_argnums=(0, 1))
+    params, opt_state, x, y = args
 
     def run():
         nonlocal params, opt_state

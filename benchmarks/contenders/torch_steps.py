@@ -2,8 +2,14 @@
 
 The same architecture in PyTorch's layout (``NCHW`` images); batch norm's
 ``momentum=0.1`` is PyTorch's spelling of our running-average factor 0.9.
-The step runs synchronously, so its result needs no blocking; it uses as
-many intra-op threads as the machine has cores.
+The step runs synchronously, so its result needs no blocking.
+
+``eager`` uses as many intra-op threads as the machine has cores;
+``eager_1thread`` uses one. PyTorch's OpenMP workers wait for each other at
+a barrier after every parallel operator: when other processes occupy the
+cores, a descheduled worker stalls the rest, so on a busy machine one
+thread can be many times faster than two. The thread count is set per step
+(checking it costs ~0.1 us), since both variants share the process.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from torch import nn
 
 from benchmarks import workloads as wl
 
-torch.set_num_threads(os.cpu_count() or 1)
+CORES = os.cpu_count() or 1
 
 _ACT = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -43,7 +49,8 @@ def _model(workload) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
 
 
-def eager(workload):
+def _build(workload, threads):
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = _model(workload).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=wl.LEARNING_RATE)
@@ -55,6 +62,8 @@ def eager(workload):
     criterion = nn.CrossEntropyLoss() if workload.loss == "xent" else nn.MSELoss()
 
     def run():
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(x), y)
         loss.backward()
@@ -62,3 +71,11 @@ def eager(workload):
         return loss.detach()
 
     return run
+
+
+def eager(workload):
+    return _build(workload, CORES)
+
+
+def eager_1thread(workload):
+    return _build(workload, 1)
