@@ -8,8 +8,8 @@
 
 jitted once, with the old parameters, state and optimizer state donated so
 XLA updates them in place. ``fit`` runs each epoch as one compiled
-``lax.scan`` over shuffled minibatches (shuffling on the device), so an epoch
-costs one Python call, not one per minibatch.
+``lax.scan`` over shuffled minibatches gathered from the data on the device,
+so an epoch costs one Python call, not one per minibatch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -124,20 +125,32 @@ class FitResult(NamedTuple):
     stopped: str | None  # why training stopped early, or None
 
 
-def _plan(key, n: int, batch_size: int, num_steps: int):
-    """An epoch's minibatch indices ``(num_steps, batch_size)`` and step keys."""
-    perm_key, step_key = jax.random.split(key)
-    perm = jax.random.permutation(perm_key, n)
+@partial(jax.jit, static_argnums=2)
+def _epoch_keys(key, epoch, num_steps: int):
+    """Epoch ``epoch``'s shuffling seed and its ``num_steps`` step keys."""
+    perm_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
+    return jax.random.key_data(perm_key), jax.random.split(step_key, num_steps)
+
+
+def _plan(key, epoch: int, n: int, batch_size: int, num_steps: int):
+    """Epoch ``epoch``'s minibatch indices ``(num_steps, batch_size)`` and
+    step keys, both determined by ``key`` and ``epoch``.
+
+    The permutation is drawn by NumPy: XLA's CPU sort makes
+    ``jax.random.permutation`` cost 3.1 ms for 6,400 examples and 38 ms for
+    60,000 (NumPy: 0.05 and 0.6 ms), half of an epoch on small models. The
+    data stays on the device; only the indices travel.
+    """
+    seed, keys = _epoch_keys(key, epoch, num_steps)
+    perm = np.random.default_rng(np.asarray(seed).ravel()).permutation(n)
     batches = perm[: num_steps * batch_size].reshape(num_steps, batch_size)
-    return batches, jax.random.split(step_key, num_steps)
+    return jnp.asarray(batches, jnp.int32), keys
 
 
-def _scanned_epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
-    """One epoch (or its first ``num_steps`` steps) as one compiled scan."""
+def _scanned_epoch_fn(step) -> Callable:
+    """An epoch as one compiled scan over the minibatches of a plan."""
 
-    def epoch(params, state, opt_state, x, y, key):
-        batches, keys = _plan(key, len(x), batch_size, num_steps)
-
+    def epoch(params, state, opt_state, x, y, batches, keys):
         def body(carry, batch):
             idx, k = batch
             params, state, opt_state, value = step(*carry, x[idx], y[idx], k)
@@ -149,13 +162,12 @@ def _scanned_epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
 
-def _looped_epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
-    """The same epoch as a Python loop of jitted steps (same batches, keys).
+def _looped_epoch_fn(step) -> Callable:
+    """The same epoch as a Python loop of jitted steps.
 
     Each step gathers its minibatch on the device, so the loop pays one
     dispatch per step and nothing else.
     """
-    plan = jax.jit(_plan, static_argnums=(1, 2, 3))
 
     def step_at(params, state, opt_state, x, y, batches, keys, i):
         idx = batches[i]
@@ -163,10 +175,9 @@ def _looped_epoch_fn(step, batch_size: int, num_steps: int) -> Callable:
 
     step_at = jax.jit(step_at, donate_argnums=(0, 1, 2))
 
-    def epoch(params, state, opt_state, x, y, key):
-        batches, keys = plan(key, len(x), batch_size, num_steps)
+    def epoch(params, state, opt_state, x, y, batches, keys):
         values = []
-        for i in range(num_steps):
+        for i in range(len(batches)):
             params, state, opt_state, value = step_at(
                 params, state, opt_state, x, y, batches, keys, i
             )
@@ -190,13 +201,14 @@ def _scan_by_default(model: Layer) -> bool:
     return not (jax.default_backend() == "cpu" and _has_conv(model))
 
 
-def _epoch_fn(step, batch_size: int, num_steps: int, scan: bool) -> Callable:
-    make = _scanned_epoch_fn if scan else _looped_epoch_fn
-    return make(step, batch_size, num_steps)
+def _epoch_fn(step, scan: bool) -> Callable:
+    return (_scanned_epoch_fn if scan else _looped_epoch_fn)(step)
 
 
+@jax.jit
 def _copy(tree):
     # Kept results must own their buffers: the next step donates its inputs.
+    # One jitted call copies the whole tree (not one dispatch per leaf).
     return jax.tree.map(jnp.copy, tree)
 
 
@@ -238,7 +250,7 @@ def fit(
     """Trains ``model`` on ``train_data = (x, y)`` with shuffled minibatches.
 
     Each epoch is one compiled ``lax.scan`` over ``len(x) // batch_size``
-    minibatches drawn from a fresh on-device permutation; the last partial
+    minibatches drawn from a fresh permutation; the last partial
     batch is left out of that epoch (a different one each epoch). With
     ``scan=False`` the same minibatches run as a Python loop of jitted steps.
 
@@ -282,7 +294,7 @@ def fit(
         )
     step = _step_fn(model, loss, optimizer, method, compute_dtype)
     scan = _scan_by_default(model) if scan is None else scan
-    run_epoch = _epoch_fn(step, batch_size, num_steps, scan)
+    run_epoch = _epoch_fn(step, scan)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     params, state, opt_state = _copy((params, state, opt_state))
     history = {"train_loss": [], "time": []}
@@ -292,11 +304,11 @@ def fit(
     show = _progress(progress)
 
     for epoch in range(initial_epoch + 1, epochs + 1):
-        epoch_key = jax.random.fold_in(key, epoch)
+        batches, keys = _plan(key, epoch, len(x), batch_size, num_steps)
         before = _copy((params, state, opt_state))
         tic = time.perf_counter()
         params, state, opt_state, values = run_epoch(
-            params, state, opt_state, x, y, epoch_key
+            params, state, opt_state, x, y, batches, keys
         )
         values = np.asarray(values)
         history["time"].append(time.perf_counter() - tic)
@@ -308,8 +320,8 @@ def fit(
             )
             params, state, opt_state = before
             if bad:
-                params, state, opt_state, _ = _epoch_fn(step, batch_size, bad, scan)(
-                    params, state, opt_state, x, y, epoch_key
+                params, state, opt_state, _ = run_epoch(
+                    params, state, opt_state, x, y, batches[:bad], keys[:bad]
                 )
             history["time"].pop()
             break
