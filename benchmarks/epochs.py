@@ -11,6 +11,9 @@ minibatches of the workload's batch size:
   the state it keeps to roll back a non-finite step); ``fit-scan`` the part
   it records in ``history["time"]``. The first epoch (compilation) is left
   out.
+- ``fit-loop``: ``fit(scan=False)``, which runs the same minibatches as a
+  Python loop of jitted steps (its default for convolutional models on
+  CPU), timed like ``fit-wall``.
 - ``loop``: the step of ``fnn.train.make_step`` called once per minibatch
   from Python, inside a jitted wrapper that gathers the minibatch from the
   on-device data by index (``x[idx]``), so the loop itself does no host work
@@ -76,7 +79,7 @@ class _EpochStamps(io.TextIOBase):
         return len(text)
 
 
-def time_fit(workload, data, epochs, key):
+def time_fit(workload, data, epochs, key, scan=True):
     """``(scan, wall)``: seconds per epoch of one ``fit`` call, first epoch
     (compilation) left out. ``scan`` is what ``fit`` records in
     ``history["time"]``; ``wall`` is the time between the ends of
@@ -104,6 +107,7 @@ def time_fit(workload, data, epochs, key):
             batch_size=workload.batch,
             progress=False,
             verbose=True,
+            scan=scan,
         )
     wall = [b - a for a, b in zip(stamps.times[:-1], stamps.times[1:])]
     return result.history["time"][1:], wall
@@ -180,7 +184,13 @@ def measure(workload, args):
         y = rng.integers(0, workload.outputs, n).astype(np.int32)
     data = (jax.device_put(jnp.asarray(x)), jax.device_put(jnp.asarray(y)))
     run_epoch = loop_runner(workload, data)
-    seconds = {"fit-wall": [], "fit-scan": [], "loop-async": [], "loop-blocking": []}
+    seconds = {
+        "fit-wall": [],
+        "fit-scan": [],
+        "fit-loop": [],
+        "loop-async": [],
+        "loop-blocking": [],
+    }
     key = jax.random.key(2)
     for r in range(rounds):
         note(f"{workload.name}: round {r + 1}/{rounds}")
@@ -188,6 +198,7 @@ def measure(workload, args):
         scan, wall = time_fit(workload, data, epochs, fit_key)
         seconds["fit-scan"] += scan
         seconds["fit-wall"] += wall
+        seconds["fit-loop"] += time_fit(workload, data, epochs, fit_key, scan=False)[1]
         for variant, block in (("loop-async", False), ("loop-blocking", True)):
             for _ in range(epochs):
                 key, k = jax.random.split(key)
@@ -249,7 +260,9 @@ def main(argv=None):
         "fit-wall: fnn.train.fit, time from the end of one epoch to the end of the "
         "next (everything fit does per epoch); fit-scan: the part fit records in "
         "history['time'] (the compiled scan and the copy of its losses to the "
-        "host); loop-async: Python loop of jitted steps, blocking once per epoch; "
+        "host); fit-loop: fit(scan=False), the same epochs as a loop of jitted "
+        "steps, wall time as fit-wall; loop-async: Python loop of jitted "
+        "steps, blocking once per epoch; "
         "loop-blocking: blocking after every step. Medians over epochs; the "
         "first epoch of each fit (compilation) left out. time vs fit: ms/step "
         "over fit-wall's."

@@ -79,3 +79,16 @@ def test_flop_counts_match_the_formula():
     conv2 = 2 * 128 * 14 * 14 * 64 * 9 * 32
     dense = 2 * 128 * (3136 * 128 + 128 * 10)
     assert cnn.step_flops() == 3 * (conv1 + conv2 + dense) - conv1
+
+
+def test_epochs_quick_compares_fit_with_the_loop(tmp_path):
+    out = tmp_path / "epochs.json"
+    proc = _run(
+        "benchmarks/epochs.py", "--quick", "--workloads", "tiny", "--json", str(out)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fit >= 5x faster per step than the loop" in proc.stdout
+    rows = json.loads(out.read_text())["results"]
+    methods = {"fit-wall", "fit-scan", "fit-loop", "loop-async", "loop-blocking"}
+    assert {r["method"] for r in rows} == methods
+    assert all(r["ms_per_step"] > 0 for r in rows)
