@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from fnn import activations as act
 
+from _shared import finish, pyplot
+
 FUNCTIONS = [
     act.identity,
     act.sigmoid,
@@ -38,13 +40,8 @@ def main(plot_path="activations.png"):
     )
     s = act.softmax(jnp.array([3.0, 0.0, 1.0]))
     print("softmax(3, 0, 1) =", [round(float(v), 2) for v in s])
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]'")
+    plt = pyplot()
+    if plt is None:
         return worst
     fig, axes = plt.subplots(3, 4, figsize=(14, 9))
     for ax, fn in zip(axes.flat, FUNCTIONS):
@@ -60,9 +57,7 @@ def main(plot_path="activations.png"):
     ax.plot(x, probs[:, 0], label="softmax(x, 0)[0]")
     ax.set_title("softmax")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(plot_path, dpi=90)
-    print(f"wrote {plot_path}")
+    finish(fig, plot_path, dpi=90)
     return worst
 
 

@@ -26,8 +26,10 @@ import jax
 import numpy as np
 import optax
 
-from fnn import backprop, data, losses, optim, train
+from fnn import backprop, losses, optim, train
 from fnn import layers as L
+
+from _shared import finish, load_images, pyplot
 
 DEFAULTS = {  # dataset: (epochs, batch size, learning rate)
     "digits": (60, 64, 3e-3),
@@ -49,31 +51,14 @@ def autoencoder(image_shape, code: int = 16, hidden: int = 128):
     return encoder, decoder, L.serial(encoder, decoder)
 
 
-def load(dataset: str):
-    """``(dataset name, splits)``; MNIST falls back to digits when absent."""
-    if dataset == "mnist":
-        try:
-            return "mnist", data.mnist()
-        except (data.DownloadError, FileNotFoundError) as e:
-            print(f"MNIST is not available ({str(e).splitlines()[0]})")
-            print("falling back to the bundled 8x8 digits (--dataset digits)")
-            dataset = "digits"
-    return dataset, data.digits()
-
-
 def reconstruction_mse(model, params, state, x) -> float:
     out, _ = jax.jit(model.apply)(params, state, x)
     return float(losses.mse(out, x))
 
 
 def plot(x, out, path, title, n=10):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8))
     for i in range(n):
@@ -84,11 +69,7 @@ def plot(x, out, path, title, n=10):
             ax.set_yticks([])
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("output")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
+    finish(fig, path, title)
 
 
 def main(argv=None):
@@ -104,7 +85,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    dataset, ((x_train, _), (x_test, _)) = load(args.dataset)
+    dataset, ((x_train, _), (x_test, _)) = load_images(args.dataset)
     epochs, batch_size, lr = DEFAULTS[dataset]
     if args.quick:
         epochs, n_train, n_test = QUICK[dataset]

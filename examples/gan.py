@@ -54,6 +54,8 @@ import optax
 from fnn import backprop, losses
 from fnn import layers as L
 
+from _shared import finish, pyplot
+
 MODES = 8
 RADIUS = 2.0
 STD = 0.05
@@ -157,13 +159,8 @@ def make_train(gen, disc, g_opt, d_opt, method, batch, m, states):
 
 
 def plot(real, before, after, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
     for ax, (label, fake) in zip(axes, (("at init", before), ("trained", after))):
@@ -171,11 +168,7 @@ def plot(real, before, after, path, title):
         ax.scatter(*np.asarray(fake).T, s=3, alpha=0.3, label="generated")
         ax.set(title=f"generator {label}", aspect="equal", xlim=(-3, 3), ylim=(-3, 3))
         ax.legend(loc="upper right", markerscale=4)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
+    finish(fig, path, title)
 
 
 def main(argv=None):

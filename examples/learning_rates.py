@@ -14,6 +14,8 @@ import jax
 from fnn import data, losses, optim, train
 from fnn import layers as L
 
+from _shared import finish, pyplot
+
 RATES = {"too small": 1e-4, "good": 0.1, "too large": 30.0}
 
 
@@ -43,13 +45,8 @@ def main(epochs=20, plot_path="learning_rates.png"):
             f"last {final:.4f} {status}"
         )
     if plot_path:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed: pip install -e '.[examples]'")
+        plt = pyplot()
+        if plt is None:
             return curves
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, values in curves.items():
@@ -67,9 +64,7 @@ def main(epochs=20, plot_path="learning_rates.png"):
             title="Gradient descent on digits at three learning rates",
         )
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(plot_path, dpi=100)
-        print(f"wrote {plot_path}")
+        finish(fig, plot_path)
     return curves
 
 

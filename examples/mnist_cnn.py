@@ -30,9 +30,11 @@ import jax
 import numpy as np
 import optax
 
-from fnn import backprop, data, losses, optim, train
+from fnn import backprop, losses, optim, train
 from fnn import layers as L
 from fnn.conv import Conv, MaxPool
+
+from _shared import load_images, plot_curves
 
 DEFAULTS = {  # dataset: (epochs, batch size, peak learning rate)
     "mnist": (3, 128, 3e-3),
@@ -64,44 +66,10 @@ def off_kinks(params, key):
     """
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    noisy = [p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    noisy = [
+        p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)
+    ]
     return jax.tree.unflatten(treedef, noisy)
-
-
-def load(dataset: str):
-    """``(dataset name, splits)``; MNIST falls back to digits when absent."""
-    if dataset == "mnist":
-        try:
-            return "mnist", data.mnist()
-        except (data.DownloadError, FileNotFoundError) as e:
-            print(f"MNIST is not available ({str(e).splitlines()[0]})")
-            print("falling back to the bundled 8x8 digits (--dataset digits)")
-            dataset = "digits"
-    return dataset, data.digits()
-
-
-def plot(history, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
-        return
-    epochs = range(1, len(history["train_loss"]) + 1)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, history["train_loss"], marker="o", label="train")
-    ax1.plot(epochs, history["val_loss"], marker="o", label="test")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
-    ax1.legend()
-    ax2.plot(epochs, history["val_accuracy"], marker="o")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -118,7 +86,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    dataset, ((x_train, y_train), (x_test, y_test)) = load(args.dataset)
+    dataset, ((x_train, y_train), (x_test, y_test)) = load_images(args.dataset)
     epochs, batch_size, lr = DEFAULTS[dataset]
     if args.quick:
         epochs, n_train, n_test = QUICK[dataset]
@@ -159,7 +127,8 @@ def main(argv=None):
           f"({args.method} gradients, {epochs} epochs of {len(x_train)} images: "
           f"{train_time:.1f} s training, {wall:.1f} s in all; epoch times "
           f"{', '.join(f'{t:.1f}' for t in result.history['time'])} s)")
-    plot(result.history, args.plot, f"CNN on {dataset}, {args.method} gradients")
+    plot_curves(result.history, args.plot,
+                f"CNN on {dataset}, {args.method} gradients", marker="o")
     return {
         **final,
         "dataset": dataset,

@@ -26,6 +26,8 @@ import optax
 from fnn import backprop, data, losses, optim, train
 from fnn import layers as L
 
+from _shared import plot_curves
+
 DEFAULTS = {  # dataset: (epochs, batch size, hidden units, learning rate)
     "digits": (30, 64, 256, 3e-3),
     "mnist": (5, 128, 512, 2e-3),
@@ -40,30 +42,6 @@ def deep_mlp(hidden: int, num_classes: int = 10, rate: float = 0.2) -> L.Layer:
     """
     block = (L.Dense(hidden, use_bias=False), L.BatchNorm(), L.Relu, L.Dropout(rate))
     return L.serial(L.Flatten(), *block, *block, L.Dense(num_classes))
-
-
-def plot(history, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
-        return
-    epochs = range(1, len(history["train_loss"]) + 1)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, history["train_loss"], label="train")
-    ax1.plot(epochs, history["val_loss"], label="test")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
-    ax1.legend()
-    ax2.plot(epochs, history["val_accuracy"])
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -121,7 +99,7 @@ def main(argv=None):
         f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
         f"({args.method} gradients, {epochs} epochs, {wall:.1f} s in all)"
     )
-    plot(
+    plot_curves(
         result.history,
         args.plot or f"mnist_mlp_{args.dataset}_{args.method}.png",
         f"deep MLP on {args.dataset}, {args.method} gradients",

@@ -31,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn import backprop, data, losses, optim, train
+from fnn import backprop, losses, optim, train
 from fnn import layers as L
 from fnn.protocol import Layer, ShapeError, check_shape
 from fnn.recurrent import GRU, LSTM, SimpleRNN
+
+from _shared import finish, load_images, pyplot
 
 CELLS = {"simple_rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
 DEFAULTS = {  # dataset: (epochs, batch size, learning rate, hidden units)
@@ -74,33 +76,16 @@ def LastStep() -> Layer:
 
 
 def classifier(cell, image_shape, hidden: int, num_classes: int = 10) -> Layer:
-    """Rows of an ``(H, W, 1)`` image as ``H`` steps of ``W``, an RNN, the last state."""
+    """An ``(H, W, 1)`` image read as ``H`` steps of ``W``: an RNN, its last state."""
     rows, cols = image_shape[:2]
     return L.serial(
         L.Reshape((rows, cols)), cell(hidden), LastStep(), L.Dense(num_classes)
     )
 
 
-def load(dataset: str):
-    """``(dataset name, splits)``; MNIST falls back to digits when absent."""
-    if dataset == "mnist":
-        try:
-            return "mnist", data.mnist()
-        except (data.DownloadError, FileNotFoundError) as e:
-            print(f"MNIST is not available ({str(e).splitlines()[0]})")
-            print("falling back to the bundled 8x8 digits (--dataset digits)")
-            dataset = "digits"
-    return dataset, data.digits()
-
-
 def plot(histories, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name, history in histories.items():
@@ -112,11 +97,7 @@ def plot(histories, path, title):
     ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
     ax1.legend()
     ax2.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
+    finish(fig, path, title)
 
 
 def main(argv=None):
@@ -137,7 +118,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown cells {unknown}; choose from {list(CELLS)}")
 
-    dataset, ((x_train, y_train), (x_test, y_test)) = load(args.dataset)
+    dataset, ((x_train, y_train), (x_test, y_test)) = load_images(args.dataset)
     epochs, batch_size, lr, hidden = DEFAULTS[dataset]
     if args.quick:
         epochs, n_train, n_test = QUICK[dataset]
@@ -160,9 +141,8 @@ def main(argv=None):
         if not report.ok:
             raise SystemExit(f"gradient check failed for {name}")
         steps = epochs * (len(x_train) // batch_size)
-        optimizer = optax.chain(
-            optax.clip_by_global_norm(1.0), optim.adam(optax.cosine_decay_schedule(lr, steps))
-        )
+        schedule = optax.cosine_decay_schedule(lr, steps)
+        optimizer = optax.chain(optax.clip_by_global_norm(1.0), optim.adam(schedule))
         result = train.fit(
             model, loss, optimizer, params, state, (x_train, y_train), key=fit_key,
             epochs=epochs, batch_size=batch_size, validation_data=(x_test, y_test),

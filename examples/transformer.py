@@ -42,6 +42,8 @@ from fnn import layers as L
 from fnn.attention import Embedding, MultiHeadAttention, positional_encoding
 from fnn.protocol import Layer, ShapeError, check_shape
 
+from _shared import finish, pyplot
+
 TASKS = ("reverse", "sort")
 
 
@@ -116,13 +118,8 @@ def accuracy(model, params, state, x, y) -> tuple[float, float]:
 
 
 def plot(curve, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
+    plt = pyplot()
+    if plt is None:
         return
     steps, loss, token, sequence = (np.array(c) for c in zip(*curve))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -132,11 +129,7 @@ def plot(curve, path, title):
     ax2.plot(steps, sequence, marker="o", ms=3, label="whole sequences")
     ax2.set(xlabel="step", ylabel="accuracy", title="held-out accuracy", ylim=(0, 1.02))
     ax2.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
+    finish(fig, path, title)
 
 
 def main(argv=None):

@@ -36,6 +36,8 @@ import numpy as np
 from fnn import backprop, data, initializers, losses
 from fnn import layers as L
 
+from _shared import finish, pyplot
+
 
 def networks(depth: int, width: int) -> dict[str, L.Layer]:
     """Three ``depth``-layer MLPs of ``width`` units, then Dense(10) logits.
@@ -70,13 +72,8 @@ def layer_norms(grads, depth: int) -> np.ndarray:
 
 
 def plot(norms, path, depth):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install -e '.[examples]' for the plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     layers = np.arange(1, depth + 1)
@@ -87,10 +84,7 @@ def plot(norms, path, depth):
     ax.set_xticks(layers)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
+    finish(fig, path)
 
 
 def main(argv=None):
