@@ -54,6 +54,19 @@ _LAYOUT = {1: "L", 2: "H, W"}
 _LECUN_NORMAL = initializers.lecun_normal()
 
 
+def _use_native() -> bool:
+    """Whether to use XLA's own ``conv_general_dilated`` and ``reduce_window``
+    for the pieces that have a measured-faster formulation on CPU.
+
+    Decided at trace time. XLA's CPU backend runs a convolution's weight
+    gradient and a max pool's gradient (``select_and_scatter``) far below
+    matmul speed; there, shifted slices and matmuls win (numbers at each
+    use, from ``benchmarks/conv_pieces.py``). Elsewhere (GPU, TPU) XLA's
+    own ops are the ones tuned. Tests monkeypatch this to cover both paths.
+    """
+    return jax.default_backend() != "cpu"
+
+
 # --------------------------------------------------------------------------
 # Options and geometry (static Python ints, computed at trace time)
 
@@ -168,6 +181,92 @@ def _name(head, options):
 
 
 # --------------------------------------------------------------------------
+# Shifted slices and matmuls: the CPU formulations (see _use_native)
+#
+# Measured with benchmarks/conv_pieces.py and whole training steps of the
+# CNN workload (batch 128; 28x28x1->32 and 14x14x32->64, 3x3 SAME; jax
+# 0.10.2 on 2 shared cores, tcmalloc, medians of interleaved jitted runs).
+# The whole step decides, not the pieces alone: XLA's convolution is the
+# fastest forward from 32 channels up (14x14x32->64: 12.5 ms against 19 for
+# the patches), but autodiff of it computes dw with XLA's slow convolution
+# (~35 ms) while autodiff of the patches forward gets a matmul, and the
+# manual backward shares the forward's patches (XLA computes them once).
+# Steps, manual / autodiff, in one (loaded) run: XLA's ops 129 / 164 ms;
+# XLA's forward with patches dw 72 / 121; the patches forward as here
+# 62 / 87. A quieter conv_pieces run: XLA's 93 / 113, these 47 / 73,
+# PyTorch eager 60.
+# Patches built channels first, (|K| C, M), gave a faster dw matmul in
+# isolation (24 against 27-33 ms) but the autodiff step then scattered dx
+# back through a transpose fused into the ReLU and pooling gradients (142).
+
+# Up to this many input channels the forward is a sum of per-offset matmuls
+# (broadcast products for C = 1, fused by XLA into one loop): 28x28x1->32
+# 1.1 ms against 3.8 for the patches and 2.3-6.7 for XLA's convolution, and
+# the autodiff step 109 against 139 ms with the patches.
+_OFFSET_SUM_MAX_CHANNELS = 1
+
+
+def _pad_spatial(x, pads, fill):
+    """``(N, *spatial, C)`` padded by ``pads`` (per spatial axis) with ``fill``."""
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    return lax.pad(x, np.array(fill, x.dtype), config)
+
+
+def _offsets(window):
+    """Window offsets ``k`` in row-major order, the order of ``w``'s rows."""
+    return list(itertools.product(*map(range, window)))
+
+
+def _shifted(xp, k, strides, out):
+    """``xp[n, o*s + k, c]`` for ``o < out``: one strided slice of the padded
+    ``(N, *spatial, C)`` input, shaped ``(N, *out, C)``."""
+    limit = [ki + (oi - 1) * si + 1 for ki, oi, si in zip(k, out, strides, strict=True)]
+    return lax.slice(
+        xp, _around(k, 0), (xp.shape[0], *limit, xp.shape[-1]), _around(strides, 1)
+    )
+
+
+def _patches(x, window, strides, pads, out):
+    """im2col: ``(N, *spatial, C) -> (N, *out, |K| C)``, channel ``k C + c``
+    holding ``x_pad[n, o*s + k, c]``; the shifted slices, concatenated."""
+    xp = _pad_spatial(x, pads, 0.0)
+    return jnp.concatenate(
+        [_shifted(xp, k, strides, out) for k in _offsets(window)], -1
+    )
+
+
+def _conv_by_offsets(x, w, strides, pads):
+    """``(N, *spatial, C) -> (N, *out, F)``: ``sum_k x_pad[o*s + k] @ w[k]``,
+    one ``(C, F)`` matmul per window offset; ``w`` is ``(*window, C, F)``."""
+    window = w.shape[:-2]
+    out = _out_spatial(x.shape[1:-1], window, strides, pads)
+    xp = _pad_spatial(x, pads, 0.0)
+    return sum(jnp.dot(_shifted(xp, k, strides, out), w[k]) for k in _offsets(window))
+
+
+def _conv_by_patches(x, w, strides, pads):
+    """``(N, *spatial, C) -> (N, *out, F)``: ``patches @ w`` with ``w``
+    ``(*window, C, F)`` flattened to ``(|K| C, F)``: one matmul."""
+    window = w.shape[:-2]
+    out = _out_spatial(x.shape[1:-1], window, strides, pads)
+    return jnp.dot(_patches(x, window, strides, pads, out), w.reshape(-1, w.shape[-1]))
+
+
+def _dw_by_patches(x, dy, window, strides, pads):
+    """``dw[k, c, f] = sum_{n, o} x_pad[n, o*s + k, c] dy[n, o, f]`` as one
+    matmul, ``patches^T (|K| C, M) @ dy (M, F)`` with ``M = N prod(out)``.
+
+    ``x`` is ``(N, *spatial, C)``, ``dy`` ``(N, *out, F)``; returns
+    ``(*window, C, F)``. Alone (patches built here): 28x28x1->32 5 ms against
+    10-13 for XLA's dw convolution, 14x14x32->64 27-33 against 36-41; nine
+    per-offset matmuls took 11 and 31 ms.
+    """
+    p = _patches(x, window, strides, pads, dy.shape[1:-1])
+    dw = p.reshape(-1, p.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+    return dw.reshape(*window, x.shape[-1], dy.shape[-1])
+
+
+# --------------------------------------------------------------------------
 # Convolution
 
 
@@ -201,7 +300,10 @@ def Conv(
     ``dw`` correlates ``x`` with ``dy`` dilated by ``s`` (the examples are
     the contracted axis); ``dx`` is the transposed convolution: ``dy``
     dilated by ``s``, padded by ``_transpose_pads``, correlated with the
-    kernel flipped in space and with ``C`` and ``features`` swapped.
+    kernel flipped in space and with ``C`` and ``features`` swapped. On CPU
+    (see ``_use_native``) the forward is ``patches @ w`` (per-offset
+    matmuls for one input channel) and ``dw`` is ``patches^T @ dy``, with
+    ``patches`` the im2col of ``x_pad``.
 
     Args:
       features: output channels.
@@ -226,13 +328,11 @@ def Conv(
     )
     sp = _SPATIAL[rank]
     dims = (f"N{sp}C", f"{sp}IO", f"N{sp}C")
-    # dw as a convolution: x's examples become the contracted feature axis
-    # and its channels the batch; dy plays the kernel. Measured on CPU (jax
-    # 0.10.2, 2 shared cores, batch 128, 3x3 SAME, min of 15 jitted runs)
-    # against conv_general_dilated_patches(x) contracted with dy by
-    # dot_general: 28x28x1->32 about 20 ms either way; 14x14x32->64 48 ms
-    # (this) against 104 ms (patches, whose extraction is itself a conv with
-    # an identity kernel C*9 wide). So this one.
+    # Native dw as a convolution: x's examples become the contracted feature
+    # axis and its channels the batch; dy plays the kernel. On CPU it beat
+    # conv_general_dilated_patches(x) contracted with dy (14x14x32->64: 48
+    # against 104 ms; that extraction is itself a conv with an identity
+    # kernel C*9 wide) but loses to _dw_by_patches, used there instead.
     dw_dims = (f"C{sp}N", f"I{sp}O", f"{sp}NC")
     ones = (1,) * rank
 
@@ -250,9 +350,14 @@ def Conv(
     def forward(params, state, x, *, key=None, train=False):
         _trace_check(name, x, kernel, padding, channels=params["w"].shape[-2])
         pads = _pads(x.shape[1:-1], kernel, strides, padding)
-        y = lax.conv_general_dilated(
-            x, params["w"], strides, pads, dimension_numbers=dims
-        )
+        if _use_native():
+            y = lax.conv_general_dilated(
+                x, params["w"], strides, pads, dimension_numbers=dims
+            )
+        elif x.shape[-1] <= _OFFSET_SUM_MAX_CHANNELS:
+            y = _conv_by_offsets(x, params["w"], strides, pads)
+        else:
+            y = _conv_by_patches(x, params["w"], strides, pads)
         if use_bias:
             y = y + per_channel(params["b"], y.ndim)
         return y, state, x
@@ -260,18 +365,24 @@ def Conv(
     def backward(params, x, dy):
         spatial, out = x.shape[1:-1], dy.shape[1:-1]
         pads = _pads(spatial, kernel, strides, padding)
-        # dw: window o*s + k over x_pad; the high pad trims rows no window
-        # reached, so the result has exactly kernel_size positions.
-        dw_pads = tuple(
-            (lo, k + (o - 1) * s - n - lo)
-            for n, o, k, s, (lo, _) in zip(
-                spatial, out, kernel, strides, pads, strict=True
+        if _use_native():
+            # dw: window o*s + k over x_pad; the high pad trims rows no
+            # window reached, so the result has exactly kernel_size positions.
+            dw_pads = tuple(
+                (lo, k + (o - 1) * s - n - lo)
+                for n, o, k, s, (lo, _) in zip(
+                    spatial, out, kernel, strides, pads, strict=True
+                )
             )
-        )
-        dw = lax.conv_general_dilated(
-            x, dy, ones, dw_pads, rhs_dilation=strides, dimension_numbers=dw_dims
-        )
-        # dx: the transposed convolution.
+            dw = lax.conv_general_dilated(
+                x, dy, ones, dw_pads, rhs_dilation=strides, dimension_numbers=dw_dims
+            )
+        else:
+            dw = _dw_by_patches(x, dy, kernel, strides, pads)
+        # dx: the transposed convolution, XLA's on every backend: on CPU it
+        # beat both matmul formulations (dy @ w_k^T placed back per offset,
+        # and im2col of dy times the flipped kernel), 14x14x32->64: 14.6 ms
+        # against 17.6 and 18.5.
         w_t = jnp.swapaxes(jnp.flip(params["w"], axis=tuple(range(rank))), -1, -2)
         dx = lax.conv_general_dilated(
             dy,
@@ -336,12 +447,8 @@ def _pool(kind, window, strides, padding, reduce, unreduce) -> Layer:
 def _window_views(xp, window, strides, out):
     """``xp[n, o*s + k, c]`` for each window offset ``k`` in row-major order:
     one strided slice per offset, each shaped like the pooled output."""
-    for k in itertools.product(*map(range, window)):
-        limit = [
-            ki + (oi - 1) * si + 1 for ki, oi, si in zip(k, out, strides, strict=True)
-        ]
-        start, limit = _around(k, 0), (xp.shape[0], *limit, xp.shape[-1])
-        yield k, lax.slice(xp, start, limit, _around(strides, 1))
+    for k in _offsets(window):
+        yield k, _shifted(xp, k, strides, out)
 
 
 def _place(part, k, strides, spatial, pads):
@@ -358,8 +465,14 @@ def _place(part, k, strides, spatial, pads):
 
 
 def _max_reduce(x, window, strides, pads):
+    if _use_native():
+        return _max_reduce_window(x, window, strides, pads), x
+    return _max_by_views(x, window, strides, pads), x
+
+
+def _max_reduce_window(x, window, strides, pads):
     lowest = np.array(-np.inf, x.dtype)
-    y = lax.reduce_window(
+    return lax.reduce_window(
         x,
         lowest,
         lax.max,
@@ -367,12 +480,28 @@ def _max_reduce(x, window, strides, pads):
         _around(strides, 1),
         _around(pads, (0, 0)),
     )
-    return y, x
+
+
+def _max_by_views(x, window, strides, pads):
+    """The max pool as a chain of selects over the window views: a view
+    replaces the running maximum only where it is strictly greater (or the
+    first NaN), so the first maximum wins ties.
+
+    Its autodiff is therefore the first-maximum rule too, and cheap: on CPU
+    (batch 128, 2x2) the forward took 0.85 ms against reduce_window's 1.76
+    (28x28x32) and 0.21 against 0.31 (14x14x64), its jax.vjp 3.2 and 1.5 ms
+    against 28 and 14 for reduce_window's select_and_scatter.
+    """
+    out = _out_spatial(x.shape[1:-1], window, strides, pads)
+    views = _window_views(_pad_spatial(x, pads, -np.inf), window, strides, out)
+    _, y = next(views)
+    for _, v in views:
+        y = jnp.where((v > y) | (jnp.isnan(v) & ~jnp.isnan(y)), v, y)
+    return y
 
 
 def _max_unreduce(x, dy, window, strides, pads):
-    lowest = np.array(-np.inf, x.dtype)
-    xp = lax.pad(x, lowest, [(lo, hi, 0) for lo, hi in _around(pads, (0, 0))])
+    xp = _pad_spatial(x, pads, -np.inf)
     offsets, views = zip(
         *_window_views(xp, window, strides, dy.shape[1:-1]), strict=True
     )

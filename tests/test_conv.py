@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from fnn import backprop
+from fnn import backprop, conv
 from fnn.conv import AvgPool, Conv, MaxPool, _pads
 from fnn.protocol import Layer, ShapeError
 
@@ -420,3 +420,34 @@ def test_padding_is_case_insensitive_and_names_show_options():
         "MaxPool((2, 2), strides=(1, 1), padding='SAME')"
     )
     assert AvgPool(2).name == "AvgPool((2,))"
+
+
+# --------------------------------------------------------------------------
+# Both implementations: XLA's native ops and the CPU formulations
+
+
+@pytest.mark.parametrize(
+    "constructor, options, shape",
+    [c[1:] for c in CASES if c[1] is not AvgPool]
+    + [
+        (Conv, dict(features=3, kernel_size=(3, 2), strides=s), (6, 7, 1))
+        for s in (1, 2)  # one input channel: the per-offset forward
+    ],
+    ids=[c[0] for c in CASES if c[1] is not AvgPool]
+    + ["conv-2d-c1-s1", "conv-2d-c1-s2"],
+)
+def test_native_and_cpu_formulations_agree(monkeypatch, constructor, options, shape):
+    # fnn.conv picks at trace time: the tests run on CPU, so the table above
+    # checks the CPU formulations; here XLA's ops are forced and compared.
+    layer, _, params, state, x = _build(constructor, options, shape)
+    y, _ = layer.apply(params, state, x)
+    dy = _normal(7, (2, *y.shape[1:]))
+    results = {}
+    for native in (True, False):
+        monkeypatch.setattr(conv, "_use_native", lambda native=native: native)
+        results[native] = _manual_and_autodiff(layer)(params, x, dy)
+        results[native] += (jax.jit(layer.apply)(params, state, x)[0],)
+    for a, b in zip(
+        jax.tree.leaves(results[True]), jax.tree.leaves(results[False]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,179 @@
+"""Milliseconds of each convolution and max-pool piece of the CNN workload:
+XLA's native ops against the formulation ``fnn.conv`` picks on this backend.
+
+``fnn.conv._use_native()`` chooses at trace time; this script compiles every
+piece twice, once with it forced to ``True`` (XLA's ``conv_general_dilated``
+and ``reduce_window``, the code before the CPU formulations) and once as the
+backend decides, and times both side by side, interleaved, in one process:
+
+- per conv (28x28x1->32, 14x14x32->64, batch 128, 3x3 SAME): forward, ``dw``
+  and ``dx`` of the hand-written backward, and ``jax.vjp`` of the forward
+  (what ``method="autodiff"`` runs);
+- per max pool (2x2 on 28x28x32 and 14x14x64): the same three;
+- the whole training step, ``fnn.train.make_step``, with both methods, and
+  PyTorch's eager step when torch is installed.
+
+Usage (from the repository root)::
+
+    python benchmarks/conv_pieces.py               # tcmalloc when available
+    python benchmarks/conv_pieces.py --rounds 20 --allocator system
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import allocator  # noqa: E402  (stdlib only: safe before jax)
+
+BATCH = 128
+CONVS = (((28, 28, 1), 32), ((14, 14, 32), 64))  # (input per example, features)
+POOLS = ((28, 28, 32), (14, 14, 64))
+
+
+@contextlib.contextmanager
+def native(forced: bool):
+    """Traces inside see ``_use_native() == True`` when ``forced``."""
+    from fnn import conv
+
+    chosen = conv._use_native
+    if forced:
+        conv._use_native = lambda: True
+    try:
+        yield
+    finally:
+        conv._use_native = chosen
+
+
+def compiled(fn, args, forced):
+    """``fn(*args)`` jitted and compiled under ``native(forced)``; a
+    zero-argument callable for the harness."""
+    import jax
+
+    jitted = jax.jit(fn)
+    with native(forced):
+        jax.block_until_ready(jitted(*args))
+    return lambda: jitted(*args)
+
+
+def layer_pieces(layer, shape, forced):
+    """Forward, manual dw (absent for pooling), manual dx and autodiff vjp
+    of ``layer`` on a random batch of ``shape`` per example."""
+    import jax
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    out_shape, params, state = layer.init(k1, shape)
+    x = jax.random.normal(k2, (BATCH, *shape))
+    dy = jax.random.normal(k3, (BATCH, *out_shape))
+    if len(shape) == 3 and not params:  # pools see ReLU output: ties at 0
+        x = jax.nn.relu(x)
+
+    def forward(p, x):
+        return layer.forward(p, state, x)[0]
+
+    def vjp(p, x, dy):
+        return jax.vjp(forward, p, x)[1](dy)
+
+    def backward(p, x, dy):  # the cache as the forward makes it
+        return layer.backward(p, layer.forward(p, state, x)[2], dy)
+
+    pieces = {"forward": compiled(forward, (params, x), forced)}
+    if params:
+        dw = lambda p, x, dy: backward(p, x, dy)[0]["w"]  # noqa: E731
+        pieces["dw (manual)"] = compiled(dw, (params, x, dy), forced)
+    dx = lambda p, x, dy: backward(p, x, dy)[1]  # noqa: E731
+    pieces["dx (manual)"] = compiled(dx, (params, x, dy), forced)
+    pieces["vjp (autodiff)"] = compiled(vjp, (params, x, dy), forced)
+    return pieces
+
+
+def step_pieces(forced):
+    from benchmarks import workloads
+    from benchmarks.contenders import fnn_steps
+
+    cnn = workloads.WORKLOADS["cnn"]
+    out = {}
+    for method in ("manual", "autodiff"):
+        with native(forced):  # make_step's first call traces and compiles
+            run = fnn_steps._build(cnn, method)
+            run()
+        out[f"step ({method})"] = run
+    return out
+
+
+def torch_step():
+    from benchmarks import workloads
+    from benchmarks.contenders import Unavailable, builder
+
+    try:
+        return builder("torch")(workloads.WORKLOADS["cnn"])
+    except Unavailable:
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--allocator", choices=("auto", "system"), default="auto")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed calls per round")
+    args = p.parse_args(argv)
+    allocator.ensure(args.allocator)
+
+    import jax
+
+    from benchmarks import harness
+    from fnn.conv import Conv, MaxPool
+
+    rows = []  # (group, piece)
+    timed = {}  # (group, piece, "native" | "chosen") -> zero-argument call
+    groups = [(f"Conv {s[0]}x{s[1]}x{s[2]}->{f}", Conv(f, (3, 3)), s) for s, f in CONVS]
+    groups += [(f"MaxPool 2x2 {s[0]}x{s[1]}x{s[2]}", MaxPool((2, 2)), s) for s in POOLS]
+    for group, layer, shape in groups:
+        for forced, column in ((True, "native"), (False, "chosen")):
+            for piece, call in layer_pieces(layer, shape, forced).items():
+                timed[group, piece, column] = call
+                if column == "native":
+                    rows.append((group, piece))
+    for forced, column in ((True, "native"), (False, "chosen")):
+        for piece, call in step_pieces(forced).items():
+            timed["CNN training step", piece, column] = call
+            if column == "native":
+                rows.append(("CNN training step", piece))
+    torch = torch_step()
+    if torch is not None:
+        timed["CNN training step", "PyTorch eager", "native"] = torch
+        rows.append(("CNN training step", "PyTorch eager"))
+
+    names = {key: " / ".join(key) for key in timed}
+    per_round = harness.interleaved(
+        {names[key]: call for key, call in timed.items()},
+        rounds=args.rounds,
+        steps=args.steps,
+    )
+    ms = {
+        key: 1e3 * harness.median([t for r in per_round[names[key]] for t in r])
+        for key in timed
+    }
+
+    print(f"backend {jax.default_backend()}, allocator {allocator.describe()}")
+    print(f"median ms of {args.rounds} x {args.steps} interleaved calls, batch {BATCH}")
+    print(f"{'':44s} {'XLA native':>10s} {'fnn picks':>10s}")
+    last = None
+    for group, piece in rows:
+        if group != last:
+            print(group)
+            last = group
+        a = ms[group, piece, "native"]
+        b = ms.get((group, piece, "chosen"))
+        shown = f"{b:10.2f}  x{a / b:.2f}" if b is not None else ""
+        print(f"  {piece:42s} {a:10.2f} {shown}")
+
+
+if __name__ == "__main__":
+    main()
