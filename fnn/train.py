@@ -126,29 +126,31 @@ class FitResult(NamedTuple):
 
 
 @partial(jax.jit, static_argnums=2)
-def _epoch_keys(key, epoch, num_steps: int):
-    """Epoch ``epoch``'s shuffling seed and its ``num_steps`` step keys."""
-    perm_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
-    return jax.random.key_data(perm_key), jax.random.split(step_key, num_steps)
+def _step_keys(key, epoch, num_steps: int):
+    """The ``num_steps`` dropout keys of epoch ``epoch``."""
+    return jax.random.split(jax.random.fold_in(key, epoch), num_steps)
 
 
-def _plan(key, epoch: int, n: int, batch_size: int, num_steps: int):
-    """Epoch ``epoch``'s minibatch indices ``(num_steps, batch_size)`` and
-    step keys, both determined by ``key`` and ``epoch``.
+def _shuffled_batches(seed, epoch: int, n: int, batch_size: int, num_steps: int):
+    """Epoch ``epoch``'s minibatch indices, ``(num_steps, batch_size)`` int32.
 
-    The permutation is drawn by NumPy: XLA's CPU sort makes
-    ``jax.random.permutation`` cost 3.1 ms for 6,400 examples and 38 ms for
-    60,000 (NumPy: 0.05 and 0.6 ms), half of an epoch on small models. The
-    data stays on the device; only the indices travel.
+    Drawn by NumPy from ``seed`` (the fit key's bits) and ``epoch``: XLA's
+    CPU sort makes ``jax.random.permutation`` cost 3.1 ms for 6,400 examples
+    and 38 ms for 60,000 (NumPy: 0.05 and 0.6 ms), half of an epoch on small
+    models. The data stays on the device; only the indices travel.
     """
-    seed, keys = _epoch_keys(key, epoch, num_steps)
-    perm = np.random.default_rng(np.asarray(seed).ravel()).permutation(n)
-    batches = perm[: num_steps * batch_size].reshape(num_steps, batch_size)
-    return jnp.asarray(batches, jnp.int32), keys
+    perm = np.random.default_rng([*seed, epoch]).permutation(n)
+    return (
+        perm[: num_steps * batch_size].reshape(num_steps, batch_size).astype(np.int32)
+    )
 
 
 def _scanned_epoch_fn(step) -> Callable:
-    """An epoch as one compiled scan over the minibatches of a plan."""
+    """An epoch as one compiled scan over the minibatches ``batches``.
+
+    Nothing is donated: the inputs stay valid, so ``fit`` can roll back to
+    them after a non-finite loss without copying them every epoch.
+    """
 
     def epoch(params, state, opt_state, x, y, batches, keys):
         def body(carry, batch):
@@ -159,7 +161,7 @@ def _scanned_epoch_fn(step) -> Callable:
         carry, values = jax.lax.scan(body, (params, state, opt_state), (batches, keys))
         return (*carry, values)
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 2))
+    return jax.jit(epoch)
 
 
 def _looped_epoch_fn(step) -> Callable:
@@ -176,7 +178,7 @@ def _looped_epoch_fn(step) -> Callable:
     step_at = jax.jit(step_at, donate_argnums=(0, 1, 2))
 
     def epoch(params, state, opt_state, x, y, batches, keys):
-        values = []
+        batches, values = jnp.asarray(batches), []
         for i in range(len(batches)):
             params, state, opt_state, value = step_at(
                 params, state, opt_state, x, y, batches, keys, i
@@ -267,7 +269,7 @@ def fit(
         parameters of the best epoch.
       opt_state: resume from this optimizer state (default: a fresh one).
       initial_epoch: the number of epochs already done, when resuming. Epoch
-        ``e`` shuffles and drops out with ``fold_in(key, e)``, so ``epochs=N``
+        ``e`` shuffles and drops out as ``(key, e)`` dictate, so ``epochs=N``
         in one run equals ``epochs=k``, a checkpoint, and ``epochs=N,
         initial_epoch=k`` with the restored state, bit for bit.
       compute_dtype: mixed precision for forward and backward (see
@@ -302,10 +304,15 @@ def fit(
         history.update(val_loss=[], val_accuracy=[])
     best, best_loss, since_best, stopped = None, math.inf, 0, None
     show = _progress(progress)
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
 
     for epoch in range(initial_epoch + 1, epochs + 1):
-        batches, keys = _plan(key, epoch, len(x), batch_size, num_steps)
-        before = _copy((params, state, opt_state))
+        batches = _shuffled_batches(seed, epoch, len(x), batch_size, num_steps)
+        keys = _step_keys(key, epoch, num_steps)
+        # The looped epoch donates its inputs; keep them for a rollback.
+        before = (
+            (params, state, opt_state) if scan else _copy((params, state, opt_state))
+        )
         tic = time.perf_counter()
         params, state, opt_state, values = run_epoch(
             params, state, opt_state, x, y, batches, keys
