@@ -26,7 +26,14 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.protocol import Layer, ShapeError, check_positive_int, check_shape, per_channel
+from fnn.protocol import (
+    Layer,
+    ShapeError,
+    check_positive_int,
+    check_sequence_shape,
+    check_shape,
+    per_channel,
+)
 
 # --------------------------------------------------------------------------
 # Embedding
@@ -156,14 +163,7 @@ def MultiHeadAttention(num_heads: int, features: int, causal: bool = False) -> L
     scale = 1.0 / math.sqrt(head_dim)
 
     def init(key, input_shape):
-        if isinstance(input_shape, list):
-            input_shape = tuple(input_shape)
-        input_shape = check_shape(name, input_shape)
-        if len(input_shape) != 2:
-            raise ShapeError(
-                f"{name}: expected input (T, d) per example (a sequence of "
-                f"d-vectors), got {input_shape}"
-            )
+        input_shape = check_sequence_shape(name, input_shape)
         t, d = input_shape
         glorot = initializers.glorot_uniform()
         kq, kk, kv, ko = jax.random.split(key, 4)

@@ -124,6 +124,17 @@ def check_shape(name: str, shape, *, min_rank: int = 0) -> Shape:
     return shape
 
 
+def check_sequence_shape(name: str, shape) -> Shape:
+    """Validates a per-example ``(T, d)`` sequence shape given to ``init``."""
+    shape = check_shape(name, shape)
+    if len(shape) != 2:
+        raise ShapeError(
+            f"{name}: expected input (T, d) per example (a sequence of "
+            f"d-vectors), got {shape}"
+        )
+    return shape
+
+
 def check_input(name: str, x, expected: Shape, *, what: str = "input") -> None:
     """Checks at trace time that ``x`` (with a batch axis) fits ``expected``.
 

@@ -31,7 +31,13 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.protocol import Layer, ShapeError, check_positive_int, check_shape, per_channel
+from fnn.protocol import (
+    Layer,
+    ShapeError,
+    check_positive_int,
+    check_sequence_shape,
+    per_channel,
+)
 
 # --------------------------------------------------------------------------
 # Shared plumbing
@@ -39,14 +45,7 @@ from fnn.protocol import Layer, ShapeError, check_positive_int, check_shape, per
 
 def _init_params(name, key, input_shape, hidden, gates):
     """``w_x (d, gates*hidden)``, ``w_h (hidden, gates*hidden)``, ``b``."""
-    if isinstance(input_shape, list):
-        input_shape = tuple(input_shape)
-    input_shape = check_shape(name, input_shape)
-    if len(input_shape) != 2:
-        raise ShapeError(
-            f"{name}: expected input (T, d) per example (a sequence of "
-            f"d-vectors), got {input_shape}"
-        )
+    input_shape = check_sequence_shape(name, input_shape)
     t, d = input_shape
     key_x, key_h = jax.random.split(key)
     w_h = [
