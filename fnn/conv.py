@@ -26,6 +26,7 @@ over output positions, ``k`` over window offsets, and ``x_pad[i] = x[i - lo]``
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from fnn import initializers
 from fnn.dense import _shape_carrier
@@ -252,6 +254,71 @@ def _conv_by_patches(x, w, strides, pads):
     return jnp.dot(_patches(x, window, strides, pads, out), w.reshape(-1, w.shape[-1]))
 
 
+def _native_conv(x, w, strides, pads):
+    """XLA's ``conv_general_dilated``, channels last: ``(N, *spatial, C)``
+    with ``(*window, C, F)`` -> ``(N, *out, F)``."""
+    sp = _SPATIAL[x.ndim - 2]
+    dims = (f"N{sp}C", f"{sp}IO", f"N{sp}C")
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=dims)
+
+
+def _patches_times(x, w, strides, pads):
+    """``patches(x) @ w``, ``(N, *spatial, C)`` with ``(*window, C, F)`` ->
+    ``(N, *out, F)``, written as ``(w^T @ patches^T)^T``: the same product,
+    but JAX transposes it (w.r.t. ``w``) to ``patches^T @ dy`` read in
+    place, where the plain ``patches @ w`` made XLA copy ``dy`` transposed
+    first (28x28x1->32: 3.3 ms copy + 7.2 ms dot, against a 1.8 ms dot)."""
+    window = w.shape[:-2]
+    out = _out_spatial(x.shape[1:-1], window, strides, pads)
+    p = _patches(x, window, strides, pads, out)
+    p2 = p.reshape(-1, p.shape[-1])
+    w2 = w.reshape(-1, w.shape[-1])
+    return (w2.T @ p2.T).T.reshape(*p.shape[:-1], w.shape[-1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_by_matmuls(x, w, strides, pads):
+    """The CPU forward: per-offset products up to
+    ``_OFFSET_SUM_MAX_CHANNELS`` input channels, ``patches @ w`` above.
+
+    Its JVP is the product rule of a bilinear map, ``conv(dx, w) +
+    conv(x, dw)``, with each term written in the formulation whose
+    *transpose* is fast on CPU, because ``jax.grad`` (``method="autodiff"``)
+    gets its backward by transposing this JVP:
+
+    - ``conv(dx, w)`` as XLA's convolution, which transposes to XLA's
+      transposed convolution for ``dx`` (the op the manual backward uses);
+      differentiating the patches instead gives a 9-way sum of padded
+      slices (col2im) that XLA fuses into the pooling and ReLU gradients:
+      28 ms against 15 for the transposed conv (14x14x32->64);
+    - ``conv(x, dw)`` as ``patches(x) @ dw``, which transposes to one
+      matmul, ``patches^T @ dy``; XLA's convolution transposes to its slow
+      weight-gradient convolution (37 ms against 16).
+
+    Nothing here is a hand-written backward: JAX still transposes the JVP
+    itself, and ``backprop.check`` compares the result with ``Conv``'s
+    manual backward and with float64 finite differences.
+    """
+    if x.shape[-1] <= _OFFSET_SUM_MAX_CHANNELS:
+        return _conv_by_offsets(x, w, strides, pads)
+    return _conv_by_patches(x, w, strides, pads)
+
+
+@functools.partial(_conv_by_matmuls.defjvp, symbolic_zeros=True)
+def _conv_by_matmuls_jvp(strides, pads, primals, tangents):
+    x, w = primals
+    dx, dw = tangents
+    y = _conv_by_matmuls(x, w, strides, pads)
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_native_conv(dx, w, strides, pads))
+    if not isinstance(dw, SymbolicZero):
+        terms.append(_patches_times(x, dw, strides, pads))
+    if not terms:
+        return y, jnp.zeros_like(y)
+    return y, sum(terms[1:], terms[0])
+
+
 def _dw_by_patches(x, dy, window, strides, pads):
     """``dw[k, c, f] = sum_{n, o} x_pad[n, o*s + k, c] dy[n, o, f]`` as one
     matmul, ``patches^T (|K| C, M) @ dy (M, F)`` with ``M = N prod(out)``.
@@ -351,13 +418,9 @@ def Conv(
         _trace_check(name, x, kernel, padding, channels=params["w"].shape[-2])
         pads = _pads(x.shape[1:-1], kernel, strides, padding)
         if _use_native():
-            y = lax.conv_general_dilated(
-                x, params["w"], strides, pads, dimension_numbers=dims
-            )
-        elif x.shape[-1] <= _OFFSET_SUM_MAX_CHANNELS:
-            y = _conv_by_offsets(x, params["w"], strides, pads)
+            y = _native_conv(x, params["w"], strides, pads)
         else:
-            y = _conv_by_patches(x, params["w"], strides, pads)
+            y = _conv_by_matmuls(x, params["w"], strides, pads)
         if use_bias:
             y = y + per_channel(params["b"], y.ndim)
         return y, state, x
@@ -482,30 +545,34 @@ def _max_reduce_window(x, window, strides, pads):
     )
 
 
-def _max_by_views(x, window, strides, pads):
-    """The max pool as a chain of selects over the window views: a view
-    replaces the running maximum only where it is strictly greater (or the
-    first NaN), so the first maximum wins ties.
+def _max_winner(x, window, strides, pads, out):
+    """The window views of ``x_pad`` (``-inf`` outside ``x``) with their
+    offsets, and ``winner[n, o, c]``: the index of the view holding the
+    window's FIRST maximum (row-major order; a NaN counts as the maximum)."""
+    xp = _pad_spatial(x, pads, -np.inf)
+    offsets, views = zip(*_window_views(xp, window, strides, out), strict=True)
+    return offsets, views, jnp.argmax(jnp.stack(views), axis=0)
 
-    Its autodiff is therefore the first-maximum rule too, and cheap: on CPU
-    (batch 128, 2x2) the forward took 0.85 ms against reduce_window's 1.76
-    (28x28x32) and 0.21 against 0.31 (14x14x64), its jax.vjp 3.2 and 1.5 ms
-    against 28 and 14 for reduce_window's select_and_scatter.
+
+def _max_by_views(x, window, strides, pads):
+    """The max pool as ``sum_k where(winner == k, view_k, 0)``.
+
+    Its autodiff is then the first-maximum rule, one select per view
+    (``where(winner == k, dy, 0)``) padded back into place: the manual
+    backward's own formula. A running chain of selects was the faster
+    forward (0.85 against 1.3-2.5 ms, 28x28x32) but transposes to nested
+    selects that XLA:CPU fused into a scalar loop with the ReLU and conv
+    gradients (18 ms against 1.7 in the CNN step); reduce_window's
+    ``select_and_scatter`` took 28 ms.
     """
     out = _out_spatial(x.shape[1:-1], window, strides, pads)
-    views = _window_views(_pad_spatial(x, pads, -np.inf), window, strides, out)
-    _, y = next(views)
-    for _, v in views:
-        y = jnp.where((v > y) | (jnp.isnan(v) & ~jnp.isnan(y)), v, y)
-    return y
+    _, views, winner = _max_winner(x, window, strides, pads, out)
+    zero = jnp.zeros_like(views[0])
+    return sum(jnp.where(winner == i, v, zero) for i, v in enumerate(views))
 
 
 def _max_unreduce(x, dy, window, strides, pads):
-    xp = _pad_spatial(x, pads, -np.inf)
-    offsets, views = zip(
-        *_window_views(xp, window, strides, dy.shape[1:-1]), strict=True
-    )
-    winner = jnp.argmax(jnp.stack(views), axis=0)  # the first maximum on ties
+    offsets, _, winner = _max_winner(x, window, strides, pads, dy.shape[1:-1])
     zero = jnp.zeros_like(dy)
     return sum(
         _place(jnp.where(winner == i, dy, zero), k, strides, x.shape[1:-1], pads)

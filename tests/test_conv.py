@@ -451,3 +451,46 @@ def test_native_and_cpu_formulations_agree(monkeypatch, constructor, options, sh
         jax.tree.leaves(results[True]), jax.tree.leaves(results[False]), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, shape",
+    [
+        (dict(features=3, kernel_size=(3, 3)), (5, 6, 2)),  # patches forward
+        (dict(features=3, kernel_size=(3, 2), strides=2), (6, 7, 1)),  # offsets
+        (dict(features=2, kernel_size=3, padding="VALID"), (7, 3)),  # 1-D
+    ],
+    ids=["2d-c2", "2d-c1-s2", "1d-valid"],
+)
+def test_cpu_conv_jvp_and_second_order_match_native(monkeypatch, options, shape):
+    # On CPU the forward carries a product-rule JVP (conv(dx, w) + patches(x)
+    # @ dw); forward mode and derivatives of derivatives must still be the
+    # convolution's, as XLA's own op gives them.
+    layer, _, params, state, x = _build(Conv, options, shape)
+    tangents = jax.tree.map(lambda a: _normal(3, a.shape), (params, x))
+
+    def loss(p, xx):
+        return jnp.sum(jnp.tanh(layer.apply(p, state, xx)[0]) ** 2)
+
+    def derivatives(p, xx):
+        jvp = jax.jvp(lambda a, b: layer.apply(a, state, b)[0], (p, xx), tangents)
+        hvp = jax.jvp(jax.grad(loss, argnums=(0, 1)), (p, xx), tangents)[1]
+        return jvp, hvp
+
+    results = {}
+    for native in (True, False):
+        monkeypatch.setattr(conv, "_use_native", lambda native=native: native)
+        results[native] = jax.jit(derivatives)(params, x)
+    for a, b in zip(
+        jax.tree.leaves(results[True]), jax.tree.leaves(results[False]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool_propagates_nan_on_both_paths(monkeypatch):
+    x = jnp.array([[1.0, jnp.nan], [5.0, 2.0]]).reshape(1, 2, 2, 1)
+    layer = MaxPool((2, 2))
+    for native in (True, False):
+        monkeypatch.setattr(conv, "_use_native", lambda native=native: native)
+        y, _ = jax.jit(layer.apply)((), (), x)
+        assert np.isnan(float(y[0, 0, 0, 0])), native
