@@ -32,19 +32,22 @@ import jax.numpy as jnp
 PEAK_SIZES = (512, 1024, 2048)
 
 
-def matmul_gflops(n: int, repeats: int = 7) -> float:
-    """Best float32 GFLOP/s of a jitted ``(n, n) @ (n, n)``, ``2 n^3`` FLOPs."""
+def matmul_probe(n: int) -> Callable[[], Any]:
+    """A zero-argument step: one jitted float32 ``(n, n) @ (n, n)``, ``2 n^3``
+    FLOPs, compiled and warm. Timed among a workload's contenders it gives
+    the matmul rate under the same load as their steps."""
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), jnp.float32)
     b = jax.random.normal(kb, (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     matmul(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - tic)
-    return 2 * n**3 / best / 1e9
+    return lambda: matmul(a, b)
+
+
+def matmul_gflops(n: int, repeats: int = 7) -> float:
+    """Best float32 GFLOP/s of a jitted ``(n, n) @ (n, n)``, ``2 n^3`` FLOPs."""
+    step = matmul_probe(n)
+    return 2 * n**3 / min(time_steps(step, repeats)) / 1e9
 
 
 def matmul_peak(

@@ -370,7 +370,8 @@ def Conv(
     kernel flipped in space and with ``C`` and ``features`` swapped. On CPU
     (see ``_use_native``) the forward is ``patches @ w`` (per-offset
     matmuls for one input channel) and ``dw`` is ``patches^T @ dy``, with
-    ``patches`` the im2col of ``x_pad``.
+    ``patches`` the im2col of ``x_pad``; the forward's JVP is stated so that
+    ``jax.grad`` reaches the same two ops (see ``_conv_by_matmuls``).
 
     Args:
       features: output channels.
