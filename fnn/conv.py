@@ -194,17 +194,21 @@ def _name(head, options):
 # (~35 ms) while autodiff of the patches forward gets a matmul, and the
 # manual backward shares the forward's patches (XLA computes them once).
 # Steps, manual / autodiff, in one (loaded) run: XLA's ops 129 / 164 ms;
-# XLA's forward with patches dw 72 / 121; the patches forward as here
-# 62 / 87. A quieter conv_pieces run: XLA's 93 / 113, these 47 / 73,
-# PyTorch eager 60.
-# Patches built channels first, (|K| C, M), gave a faster dw matmul in
-# isolation (24 against 27-33 ms) but the autodiff step then scattered dx
-# back through a transpose fused into the ReLU and pooling gradients (142).
+# XLA's forward with patches dw 72 / 121; the patches forward 62 / 87; with
+# the product-rule JVP of _conv_by_matmuls and the winner max pool, as here,
+# 48 / 50 against PyTorch eager's 60 (run.py, cnn).
+# Tried and dropped: patches built channels first, (|K| C, M) (a faster dw
+# matmul alone, 24 against 27-33 ms, but autodiff then moved a transpose
+# into the ReLU and pooling gradients: 142 ms step); im2col in two
+# concatenations (rows, then columns: a tie) or as one gather (1.8x slower);
+# lax.optimization_barrier to stop XLA re-fusing the forward into the
+# backward (XLA:CPU drops the barriers before fusion).
 
 # Up to this many input channels the forward is a sum of per-offset matmuls
 # (broadcast products for C = 1, fused by XLA into one loop): 28x28x1->32
-# 1.1 ms against 3.8 for the patches and 2.3-6.7 for XLA's convolution, and
-# the autodiff step 109 against 139 ms with the patches.
+# 1.1 ms against 3.8 for the patches and 2.3-6.7 for XLA's convolution; the
+# whole step gains less (autodiff / manual 70.6 / 69.1 ms against 72.1 /
+# 71.2 with the patches, one loaded run), as dw needs the patches anyway.
 _OFFSET_SUM_MAX_CHANNELS = 1
 
 
