@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -101,7 +101,10 @@ def evaluate(
     return out
 
 
+@lru_cache(maxsize=64)
 def _eval_fn(model, loss, classify):
+    # Cached: fit evaluates every epoch, and a fresh jitted function would
+    # recompile each time (digits LSTM: 12 compiles, 9 of fit's 13 s).
     @jax.jit
     def metrics(params, state, x, y):
         pred, _ = model.apply(params, state, x, train=False)

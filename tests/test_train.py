@@ -91,6 +91,31 @@ def test_fit_learns_spirals_and_records_history():
     assert result.stopped is None
 
 
+def test_fit_traces_each_program_once_however_many_epochs():
+    # The step and the validation metrics compile once per fit, not per
+    # epoch: the loss is traced the same number of times for 1 and 5 epochs.
+    model = classifier()
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    traces = []
+    for epochs in (1, 5):
+        loss = CountingLoss(losses.softmax_cross_entropy)
+        train.fit(
+            model,
+            loss,
+            optim.adam(1e-2),
+            params,
+            state,
+            (x, y),
+            key=KEY,
+            epochs=epochs,
+            batch_size=64,
+            validation_data=(x[:100], y[:100]),
+        )
+        traces.append(loss.traces)
+    assert traces[0] == traces[1], traces
+
+
 def test_fit_manual_and_autodiff_train_alike():
     model = L.serial(L.Dense(16), L.Tanh, L.Dense(3))
     x, y = spirals()
