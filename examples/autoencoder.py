@@ -79,8 +79,9 @@ def main(argv=None):
     parser.add_argument("--method", choices=backprop.METHODS, default="autodiff")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run (seconds): for tests")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (seconds): for tests"
+    )
     parser.add_argument("--plot", default="autoencoder.png", help="PNG path")
     args = parser.parse_args(argv)
 
@@ -92,8 +93,10 @@ def main(argv=None):
         x_train, x_test = x_train[:n_train], x_test[:n_test]
     epochs = args.epochs or epochs
     image_shape = x_train.shape[1:]
-    print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images "
-          f"of shape {image_shape}, code of {args.code}")
+    print(
+        f"{dataset}: {len(x_train)} training and {len(x_test)} test images "
+        f"of shape {image_shape}, code of {args.code}"
+    )
 
     _, _, model = autoencoder(image_shape, args.code)
     init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
@@ -101,8 +104,9 @@ def main(argv=None):
     print(L.summary(model, image_shape))
 
     loss = losses.mse
-    report = backprop.check(model, loss, params, state, x_train[:8], x_train[:8],
-                            key=check_key)
+    report = backprop.check(
+        model, loss, params, state, x_train[:8], x_train[:8], key=check_key
+    )
     print(report)
     if not report.ok:
         raise SystemExit("gradient check failed: manual and autodiff disagree")
@@ -110,22 +114,39 @@ def main(argv=None):
     before = reconstruction_mse(model, params, state, x_test)
     steps = epochs * (len(x_train) // batch_size)
     result = train.fit(
-        model, loss, optim.adam(optax.cosine_decay_schedule(lr, steps)), params,
-        state, (x_train, x_train), key=fit_key, epochs=epochs, batch_size=batch_size,
+        model,
+        loss,
+        optim.adam(optax.cosine_decay_schedule(lr, steps)),
+        params,
+        state,
+        (x_train, x_train),
+        key=fit_key,
+        epochs=epochs,
+        batch_size=batch_size,
         method=args.method,
     )
     after = reconstruction_mse(model, result.params, result.state, x_test)
     # The floor any code must beat: predict the mean training image every time.
     mean_image = np.broadcast_to(x_train.mean(axis=0), x_test.shape)
     baseline = float(losses.mse(mean_image, x_test))
-    print(f"test reconstruction MSE: {before:.4f} at init, {after:.4f} after "
-          f"{epochs} epochs ({before / after:.1f}x lower; the mean image scores "
-          f"{baseline:.4f}); {time.perf_counter() - start:.1f} s in all")
+    print(
+        f"test reconstruction MSE: {before:.4f} at init, {after:.4f} after "
+        f"{epochs} epochs ({before / after:.1f}x lower; the mean image scores "
+        f"{baseline:.4f}); {time.perf_counter() - start:.1f} s in all"
+    )
     out, _ = jax.jit(model.apply)(result.params, result.state, x_test[:10])
-    plot(x_test[:10], out, args.plot,
-         f"{dataset}: inputs (top) and reconstructions from {args.code} numbers")
-    return {"mse_before": before, "mse_after": after, "mse_mean_image": baseline,
-            "check_ok": report.ok}
+    plot(
+        x_test[:10],
+        out,
+        args.plot,
+        f"{dataset}: inputs (top) and reconstructions from {args.code} numbers",
+    )
+    return {
+        "mse_before": before,
+        "mse_after": after,
+        "mse_mean_image": baseline,
+        "check_ok": report.ok,
+    }
 
 
 if __name__ == "__main__":

@@ -174,15 +174,21 @@ def plot(real, before, after, path, title):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=backprop.METHODS, default="manual")
-    parser.add_argument("--pack", type=int, default=4,
-                        help="points per discriminator example (1: a plain GAN)")
+    parser.add_argument(
+        "--pack",
+        type=int,
+        default=4,
+        help="points per discriminator example (1: a plain GAN)",
+    )
     parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="examples (packs of points) per step")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="examples (packs of points) per step"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run (seconds): for tests")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (seconds): for tests"
+    )
     parser.add_argument("--plot", default="gan.png", help="PNG path")
     args = parser.parse_args(argv)
     steps = 1500 if args.quick else args.steps
@@ -203,8 +209,12 @@ def main(argv=None):
     reports = {
         "discriminator": backprop.check(disc, LOSS, d_params, d_s, x_small, y_small),
         "serial(generator, discriminator)": backprop.check(
-            L.serial(gen, disc), LOSS, (g_params, d_params), (g_s, d_s),
-            jax.random.normal(keys[2], (8, m, NOISE)), jnp.ones((8, 1)),
+            L.serial(gen, disc),
+            LOSS,
+            (g_params, d_params),
+            (g_s, d_s),
+            jax.random.normal(keys[2], (8, m, NOISE)),
+            jnp.ones((8, 1)),
         ),
     }
     for name, report in reports.items():
@@ -227,22 +237,34 @@ def main(argv=None):
         carry, values = train(carry, jax.random.fold_in(train_key, done), n)
         d_loss, g_loss = np.asarray(values).mean(axis=0)
         q = quality(sample(carry[0]))
-        print(f"step {done + n:5d}  D loss {d_loss:.3f}  G loss {g_loss:.3f}  "
-              f"mean distance {q['mean_distance']:.3f}  good {q['good_fraction']:.0%}"
-              f"  modes {q['modes_covered']}/{MODES}")
+        print(
+            f"step {done + n:5d}  D loss {d_loss:.3f}  G loss {g_loss:.3f}  "
+            f"mean distance {q['mean_distance']:.3f}  good {q['good_fraction']:.0%}"
+            f"  modes {q['modes_covered']}/{MODES}"
+        )
     after = sample(carry[0])
     q_after = quality(after)
     wall = time.perf_counter() - start
-    print(f"before training: mean distance to the nearest mode "
-          f"{q_before['mean_distance']:.3f}, {q_before['modes_covered']}/{MODES} "
-          f"modes; after {steps} steps ({args.method} gradients, pack {m}, "
-          f"{wall:.1f} s): {q_after['mean_distance']:.3f}, "
-          f"{q_after['good_fraction']:.0%} of samples within {NEAR} of a mode, "
-          f"{q_after['modes_covered']}/{MODES} modes")
-    plot(real, before, after, args.plot,
-         f"GAN on {MODES} Gaussians, {steps} steps, pack {m}, {args.method} gradients")
-    return {"before": q_before, "after": q_after,
-            "check_ok": all(r.ok for r in reports.values())}
+    print(
+        f"before training: mean distance to the nearest mode "
+        f"{q_before['mean_distance']:.3f}, {q_before['modes_covered']}/{MODES} "
+        f"modes; after {steps} steps ({args.method} gradients, pack {m}, "
+        f"{wall:.1f} s): {q_after['mean_distance']:.3f}, "
+        f"{q_after['good_fraction']:.0%} of samples within {NEAR} of a mode, "
+        f"{q_after['modes_covered']}/{MODES} modes"
+    )
+    plot(
+        real,
+        before,
+        after,
+        args.plot,
+        f"GAN on {MODES} Gaussians, {steps} steps, pack {m}, {args.method} gradients",
+    )
+    return {
+        "before": q_before,
+        "after": q_after,
+        "check_ok": all(r.ok for r in reports.values()),
+    }
 
 
 if __name__ == "__main__":

@@ -80,8 +80,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run on a subset (seconds): for tests")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run on a subset (seconds): for tests",
+    )
     parser.add_argument("--plot", default="mnist_cnn.png", help="PNG path")
     args = parser.parse_args(argv)
 
@@ -95,8 +98,10 @@ def main(argv=None):
     epochs = args.epochs or epochs
     batch_size = args.batch_size or batch_size
     lr = args.lr or lr
-    print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images "
-          f"of shape {x_train.shape[1:]}")
+    print(
+        f"{dataset}: {len(x_train)} training and {len(x_test)} test images "
+        f"of shape {x_train.shape[1:]}"
+    )
 
     model = cnn()
     init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
@@ -106,8 +111,15 @@ def main(argv=None):
     print(L.summary(model, x_train.shape[1:]))
 
     loss = losses.softmax_cross_entropy
-    report = backprop.check(model, loss, off_kinks(params, check_key), state,
-                            x_train[:8], y_train[:8], key=check_key)
+    report = backprop.check(
+        model,
+        loss,
+        off_kinks(params, check_key),
+        state,
+        x_train[:8],
+        y_train[:8],
+        key=check_key,
+    )
     print(report)
     if not report.ok:
         raise SystemExit("gradient check failed: manual and autodiff disagree")
@@ -116,19 +128,34 @@ def main(argv=None):
     schedule = optax.cosine_onecycle_schedule(steps, lr, pct_start=0.2)
     tic = time.perf_counter()
     result = train.fit(
-        model, loss, optim.adam(schedule), params, state, (x_train, y_train),
-        key=fit_key, epochs=epochs, batch_size=batch_size,
-        validation_data=(x_test, y_test), method=args.method, verbose=True,
+        model,
+        loss,
+        optim.adam(schedule),
+        params,
+        state,
+        (x_train, y_train),
+        key=fit_key,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_test, y_test),
+        method=args.method,
+        verbose=True,
     )
     train_time = time.perf_counter() - tic
     final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
     wall = time.perf_counter() - start
-    print(f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
-          f"({args.method} gradients, {epochs} epochs of {len(x_train)} images: "
-          f"{train_time:.1f} s training, {wall:.1f} s in all; epoch times "
-          f"{', '.join(f'{t:.1f}' for t in result.history['time'])} s)")
-    plot_curves(result.history, args.plot,
-                f"CNN on {dataset}, {args.method} gradients", marker="o")
+    print(
+        f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
+        f"({args.method} gradients, {epochs} epochs of {len(x_train)} images: "
+        f"{train_time:.1f} s training, {wall:.1f} s in all; epoch times "
+        f"{', '.join(f'{t:.1f}' for t in result.history['time'])} s)"
+    )
+    plot_curves(
+        result.history,
+        args.plot,
+        f"CNN on {dataset}, {args.method} gradients",
+        marker="o",
+    )
     return {
         **final,
         "dataset": dataset,

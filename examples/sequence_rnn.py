@@ -92,8 +92,7 @@ def plot(histories, path, title):
         epochs = range(1, len(history["train_loss"]) + 1)
         ax1.plot(epochs, history["train_loss"], label=name)
         ax2.plot(epochs, history["val_accuracy"], label=name)
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="training loss",
-            yscale="log")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="training loss", yscale="log")
     ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
     ax1.legend()
     ax2.legend()
@@ -103,14 +102,18 @@ def plot(histories, path, title):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits")
-    parser.add_argument("--cells", default="simple_rnn,lstm,gru",
-                        help=f"comma-separated, from {', '.join(CELLS)}")
+    parser.add_argument(
+        "--cells",
+        default="simple_rnn,lstm,gru",
+        help=f"comma-separated, from {', '.join(CELLS)}",
+    )
     parser.add_argument("--method", choices=backprop.METHODS, default="autodiff")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run (seconds): for tests")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (seconds): for tests"
+    )
     parser.add_argument("--plot", default="sequence_rnn.png", help="PNG path")
     args = parser.parse_args(argv)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
@@ -126,8 +129,10 @@ def main(argv=None):
         x_test, y_test = x_test[:n_test], y_test[:n_test]
     epochs, hidden = args.epochs or epochs, args.hidden or hidden
     image_shape = x_train.shape[1:]
-    print(f"{dataset}: {len(x_train)} training and {len(x_test)} test images, read "
-          f"as {image_shape[0]} steps of {image_shape[1]} pixels")
+    print(
+        f"{dataset}: {len(x_train)} training and {len(x_test)} test images, read "
+        f"as {image_shape[0]} steps of {image_shape[1]} pixels"
+    )
 
     loss = losses.softmax_cross_entropy
     init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
@@ -144,16 +149,26 @@ def main(argv=None):
         schedule = optax.cosine_decay_schedule(lr, steps)
         optimizer = optax.chain(optax.clip_by_global_norm(1.0), optim.adam(schedule))
         result = train.fit(
-            model, loss, optimizer, params, state, (x_train, y_train), key=fit_key,
-            epochs=epochs, batch_size=batch_size, validation_data=(x_test, y_test),
+            model,
+            loss,
+            optimizer,
+            params,
+            state,
+            (x_train, y_train),
+            key=fit_key,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=(x_test, y_test),
             method=args.method,
         )
         final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
         wall = time.perf_counter() - start
         results[name] = {**final, "time": wall, "check_ok": report.ok}
         histories[name] = result.history
-        print(f"{name}: test accuracy {final['accuracy']:.4f} after {epochs} epochs "
-              f"({args.method} gradients, {wall:.1f} s)\n")
+        print(
+            f"{name}: test accuracy {final['accuracy']:.4f} after {epochs} epochs "
+            f"({args.method} gradients, {wall:.1f} s)\n"
+        )
 
     print("cell         test accuracy   time")
     for name, r in results.items():

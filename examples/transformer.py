@@ -77,9 +77,7 @@ def transformer(vocab: int, features: int, heads: int, blocks: int) -> Layer:
     for _ in range(blocks):
         layers += [
             L.residual(L.LayerNorm(), MultiHeadAttention(heads, features)),
-            L.residual(
-                L.LayerNorm(), L.Dense(4 * features), L.Gelu, L.Dense(features)
-            ),
+            L.residual(L.LayerNorm(), L.Dense(4 * features), L.Gelu, L.Dense(features)),
         ]
     return L.serial(*layers, L.LayerNorm(), L.Dense(vocab))
 
@@ -145,8 +143,11 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--method", choices=backprop.METHODS, default="autodiff")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="short sequences, few steps (seconds): for tests")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short sequences, few steps (seconds): for tests",
+    )
     parser.add_argument("--plot", default="transformer.png", help="PNG path")
     args = parser.parse_args(argv)
     if args.quick:
@@ -162,8 +163,9 @@ def main(argv=None):
     print(L.summary(model, (length,)))
 
     x_small, y_small = make_batch(keys[1], 4, length, vocab, args.task)
-    report = backprop.check(model, losses.softmax_cross_entropy, params, state,
-                            x_small, y_small)
+    report = backprop.check(
+        model, losses.softmax_cross_entropy, params, state, x_small, y_small
+    )
     print(report)
     if not report.ok:
         raise SystemExit("gradient check failed: manual and autodiff disagree")
@@ -173,8 +175,9 @@ def main(argv=None):
     x_test, y_test = make_batch(keys[2], 2000, length, vocab, args.task)
     schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, steps // 10, steps)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optim.adam(schedule))
-    train = make_train(model, optimizer, args.method, args.batch_size, length, vocab,
-                       args.task)
+    train = make_train(
+        model, optimizer, args.method, args.batch_size, length, vocab, args.task
+    )
     opt_state = optimizer.init(params)
     curve = []
     for done in range(0, steps, chunk):
@@ -183,16 +186,26 @@ def main(argv=None):
         )
         token, sequence = accuracy(model, params, state, x_test, y_test)
         curve.append((done + chunk, float(np.mean(values)), token, sequence))
-        print(f"step {done + chunk:5d}  loss {curve[-1][1]:.4f}  token accuracy "
-              f"{token:.4f}  sequence accuracy {sequence:.4f}")
+        print(
+            f"step {done + chunk:5d}  loss {curve[-1][1]:.4f}  token accuracy "
+            f"{token:.4f}  sequence accuracy {sequence:.4f}"
+        )
     wall = time.perf_counter() - start
-    print(f"held-out {args.task} of {length} tokens: token accuracy {token:.4f}, "
-          f"sequence accuracy {sequence:.4f} after {steps} steps ({args.method} "
-          f"gradients, {wall:.1f} s)")
-    plot(curve, args.plot, f"transformer, {args.task} {length} tokens, "
-         f"{args.method} gradients")
-    return {"token_accuracy": token, "sequence_accuracy": sequence,
-            "check_ok": report.ok}
+    print(
+        f"held-out {args.task} of {length} tokens: token accuracy {token:.4f}, "
+        f"sequence accuracy {sequence:.4f} after {steps} steps ({args.method} "
+        f"gradients, {wall:.1f} s)"
+    )
+    plot(
+        curve,
+        args.plot,
+        f"transformer, {args.task} {length} tokens, {args.method} gradients",
+    )
+    return {
+        "token_accuracy": token,
+        "sequence_accuracy": sequence,
+        "check_ok": report.ok,
+    }
 
 
 if __name__ == "__main__":

@@ -79,8 +79,12 @@ def plot(norms, path, depth):
     layers = np.arange(1, depth + 1)
     for name, values in norms.items():
         ax.plot(layers, values, marker="o", ms=4, label=name)
-    ax.set(xlabel="layer (1 = nearest the input)", ylabel="gradient norm at init",
-           yscale="log", title=f"Per-layer gradient norms of {depth}-layer MLPs")
+    ax.set(
+        xlabel="layer (1 = nearest the input)",
+        ylabel="gradient norm at init",
+        yscale="log",
+        title=f"Per-layer gradient norms of {depth}-layer MLPs",
+    )
     ax.set_xticks(layers)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend()
@@ -93,8 +97,11 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="skip the finite differences of the check: for tests")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip the finite differences of the check: for tests",
+    )
     parser.add_argument("--plot", default="vanishing_gradients.png", help="PNG path")
     args = parser.parse_args(argv)
 
@@ -105,8 +112,9 @@ def main(argv=None):
     norms, checks = {}, {}
     for name, model in networks(args.depth, args.width).items():
         _, params, state = jax.jit(model.init, static_argnums=1)(init_key, x.shape[1:])
-        report = backprop.check(model, loss, params, state, x[:8], y[:8],
-                                finite_differences=not args.quick)
+        report = backprop.check(
+            model, loss, params, state, x[:8], y[:8], finite_differences=not args.quick
+        )
         checks[name] = report.ok
         verdict = "all leaves agree" if report.ok else str(report)
         print(f"{name}: gradient check over {len(report.rows)} leaves: {verdict}")
@@ -116,18 +124,25 @@ def main(argv=None):
         (value, _), grads = grad_fn(params, state, x, y)
         norms[name] = layer_norms(grads, args.depth)
 
-    print(f"\nPer-layer gradient norms at init, {args.depth} layers of "
-          f"{args.width}, one batch of {len(x)} digits:")
+    print(
+        f"\nPer-layer gradient norms at init, {args.depth} layers of "
+        f"{args.width}, one batch of {len(x)} digits:"
+    )
     print("layer " + "".join(f"{name:>12}" for name in norms))
     for i in range(args.depth):
         print(f"{i + 1:5d} " + "".join(f"{v[i]:12.3e}" for v in norms.values()))
     print("first/last" + "".join(f"{v[0] / v[-1]:12.1e}" for v in norms.values()))
     for name, v in norms.items():
-        print(f"{name}: the first layer's gradient is {v[0] / v[-1]:.1e} times "
-              f"the last one's")
+        print(
+            f"{name}: the first layer's gradient is {v[0] / v[-1]:.1e} times "
+            f"the last one's"
+        )
     plot(norms, args.plot, args.depth)
-    return {"norms": norms, "ratio": {k: v[0] / v[-1] for k, v in norms.items()},
-            "check_ok": all(checks.values())}
+    return {
+        "norms": norms,
+        "ratio": {k: v[0] / v[-1] for k, v in norms.items()},
+        "check_ok": all(checks.values()),
+    }
 
 
 if __name__ == "__main__":
