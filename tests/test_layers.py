@@ -101,10 +101,15 @@ def test_dense_with_ones_gives_known_answer():
 def test_dense_computes_wx_plus_b():
     layer = L.Dense(2)
     _, params, state = layer.init(KEY, (3,))
+    params["b"] = jnp.array([0.5, -2.0])  # init's zeros would hide a lost bias
     x = jax.random.normal(KEY, (5, 3))
     y, _ = layer.apply(params, state, x)
-    expected = np.asarray(x) @ np.asarray(params["w"]) + np.asarray(params["b"])
-    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    x64, w64, b64 = (np.asarray(a, np.float64) for a in (x, params["w"], params["b"]))
+    expected = x64 @ w64 + b64
+    # A float32 sum of 3 products and a bias is off by at most a few ulps of
+    # the terms' magnitudes, not of the result, which may nearly cancel.
+    bound = 4 * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(w64) + np.abs(b64))
+    assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= bound)
 
 
 def test_batchnorm_running_mean_update_rule():
