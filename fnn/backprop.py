@@ -68,7 +68,11 @@ def value_and_grad(
 
     Returns:
       A pure function, ready for ``jax.jit`` and ``jax.vmap``; ``grads`` has
-      the structure of ``params``.
+      the structure of ``params``. Its ``loss_scale`` keyword (a float or a
+      traced scalar; see :func:`fnn.optim.dynamic_loss_scale`) multiplies
+      the loss before the backward pass, so that float16 cotangents do not
+      underflow: ``grads`` are then the scaled ones, while the loss returned
+      stays unscaled.
     """
     _check_method(method)
 
@@ -82,16 +86,19 @@ def value_and_grad(
 
     if method == "autodiff":
 
-        def objective(params, state, x, y, key):
+        def objective(params, state, x, y, key, scale):
             check_params(model, params, state, per_example_shape(x))
             params, x = lowered(params, x)
             pred, new_state = model.apply(params, state, x, key=key, train=train)
-            return loss(loss_dtype(pred), y), new_state
+            value = loss(loss_dtype(pred), y)
+            return value * scale, (value, new_state)
 
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        grad_fn = jax.grad(objective, has_aux=True)
 
-        def autodiff(params, state, x, y, *, key=None):
-            return grad_fn(params, state, x, y, key)
+        def autodiff(params, state, x, y, *, key=None, loss_scale=None):
+            scale = 1.0 if loss_scale is None else loss_scale
+            grads, aux = grad_fn(params, state, x, y, key, scale)
+            return aux, grads
 
         return autodiff
 
@@ -102,14 +109,17 @@ def value_and_grad(
             f"fnn.losses or method='autodiff'."
         )
 
-    def manual(params, state, x, y, *, key=None):
+    def manual(params, state, x, y, *, key=None, loss_scale=None):
         check_params(model, params, state, per_example_shape(x))
         low_params, x = lowered(params, x)
         pred, new_state, cache = model.forward(
             low_params, state, x, key=key, train=train
         )
         pred32 = loss_dtype(pred)
-        dpred = loss.grad(pred32, y).astype(pred.dtype)
+        dpred = loss.grad(pred32, y)
+        if loss_scale is not None:
+            dpred = dpred * loss_scale
+        dpred = dpred.astype(pred.dtype)
         grads, _ = model.backward(low_params, cache, dpred)
         if compute_dtype is not None:  # back to the master weights' dtypes
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn import backprop, losses
+from fnn import backprop, losses, optim
 from fnn.protocol import Layer
 
 
@@ -36,7 +36,8 @@ def _step_fn(
     grad_fn = backprop.value_and_grad(model, loss, method, compute_dtype=compute_dtype)
 
     def step(params, state, opt_state, x, y, key):
-        (value, state), grads = grad_fn(params, state, x, y, key=key)
+        scale = optim.loss_scale_of(opt_state)  # None unless float16 loss scaling
+        (value, state), grads = grad_fn(params, state, x, y, key=key, loss_scale=scale)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), state, opt_state, value
 
@@ -55,7 +56,10 @@ def make_step(
 
     ``compute_dtype`` (e.g. ``jnp.bfloat16``) runs forward and backward at
     that precision with float32 master weights, loss and optimizer state;
-    see :func:`fnn.backprop.value_and_grad`.
+    see :func:`fnn.backprop.value_and_grad`. For ``jnp.float16``, whose
+    range is narrow, wrap the optimizer in
+    :func:`fnn.optim.dynamic_loss_scale`: the step then scales the loss by
+    the scale held in ``opt_state``.
 
     Returns:
       ``step(params, state, opt_state, x, y, key) -> (params, state,
