@@ -12,7 +12,12 @@ finite for any logits. Adam optimises it.
    per-epoch training loss and test accuracy.
 3. The loss and accuracy curves are written to a PNG.
 
+`--precision bfloat16` or `float16` runs forward and backward at that
+precision (float32 master weights, loss and Adam); float16 adds dynamic
+loss scaling, since its range is too narrow for small gradients.
+
 Run: python examples/mnist_mlp.py [--dataset digits|mnist] [--method manual]
+     [--precision float32|bfloat16|float16]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from fnn import backprop, data, losses, optim, train
@@ -51,6 +57,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision", choices=("float32", "bfloat16", "float16"), default="float32"
+    )
     parser.add_argument("--plot", default=None, help="PNG path for the curves")
     args = parser.parse_args(argv)
     epochs, batch_size, hidden, lr = DEFAULTS[args.dataset]
@@ -78,11 +87,14 @@ def main(argv=None):
         raise SystemExit("gradient check failed")
 
     steps = epochs * (len(x_train) // batch_size)
-    schedule = optax.cosine_decay_schedule(lr, steps)
+    optimizer = optim.adam(optax.cosine_decay_schedule(lr, steps))
+    compute_dtype = None if args.precision == "float32" else jnp.dtype(args.precision)
+    if args.precision == "float16":
+        optimizer = optim.dynamic_loss_scale(optimizer)
     result = train.fit(
         model,
         loss,
-        optim.adam(schedule),
+        optimizer,
         params,
         state,
         (x_train, y_train),
@@ -91,13 +103,15 @@ def main(argv=None):
         batch_size=batch_size,
         validation_data=(x_test, y_test),
         method=args.method,
+        compute_dtype=compute_dtype,
         verbose=True,
     )
     final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
     wall = time.perf_counter() - start
     print(
         f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
-        f"({args.method} gradients, {epochs} epochs, {wall:.1f} s in all)"
+        f"({args.method} gradients, {args.precision}, {epochs} epochs, "
+        f"{wall:.1f} s in all)"
     )
     plot_curves(
         result.history,

@@ -44,6 +44,12 @@ def test_main_job_on_digits_reaches_96_percent(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_main_job_trains_in_float16_with_loss_scaling(tmp_path):
+    argv = ["--epochs", "6", "--precision", "float16", "--method", "manual"]
+    final = example("mnist_mlp")["main"](argv + ["--plot", str(tmp_path / "c.png")])
+    assert final["accuracy"] >= 0.95
+
+
 def test_learning_rates_tell_their_story(tmp_path):
     curves = example("learning_rates")["main"](
         epochs=4, plot_path=str(tmp_path / "lr.png")
