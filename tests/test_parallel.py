@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from fnn import layers as L
 from fnn import losses, optim, parallel, train
@@ -30,7 +31,8 @@ def test_four_devices_match_one_device_with_batch_norm_and_dropout():
     assert "not divisible by the 4 devices" in out.stdout
 
 
-def test_two_in_process_devices_train_like_one():
+@pytest.mark.parametrize("scaled", [False, True], ids=["sgd", "loss-scaled-sgd"])
+def test_two_in_process_devices_train_like_one(scaled):
     # conftest.py gives this process two CPU devices.
     assert jax.device_count() == 2
     model = L.serial(L.Dense(8), L.Tanh, L.Dense(2))
@@ -38,6 +40,8 @@ def test_two_in_process_devices_train_like_one():
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     opt = optim.sgd(0.1)
+    if scaled:  # the replicated scale must multiply each shard's loss alike
+        opt = optim.dynamic_loss_scale(opt, growth_interval=2)
     out = []
     for make in (train.make_step, parallel.make_step):
         p = jax.tree.map(np.array, params)
