@@ -128,7 +128,9 @@ class FitResult(NamedTuple):
     params: Any  # the best parameters (lowest monitored loss) when patience is set
     state: Any  # the model state that goes with them
     opt_state: Any  # the optimizer state at the end of training
-    history: dict  # per-epoch lists: "train_loss", "val_loss", "val_accuracy", "time"
+    # Per-epoch lists: "train_loss", "val_loss", "val_accuracy", "time"; with
+    # optim.dynamic_loss_scale also "loss_scale" and "skipped_steps" (so far).
+    history: dict
     stopped: str | None  # why training stopped early, or None
 
 
@@ -194,6 +196,11 @@ def _looped_epoch_fn(step) -> Callable:
         return params, state, opt_state, jnp.stack(values)
 
     return epoch
+
+
+def _loss_scale_record(opt_state: optim.LossScaleState) -> tuple[float, int]:
+    """The loss scale now, and the steps skipped for overflow so far."""
+    return float(opt_state.scale), int(opt_state.inner.total_notfinite)
 
 
 def _has_conv(model: Layer) -> bool:
@@ -353,6 +360,11 @@ def fit(
             text += f"  val loss {metrics['loss']:.4f}"
             if "accuracy" in metrics:
                 text += f"  val accuracy {metrics['accuracy']:.4f}"
+        if isinstance(opt_state, optim.LossScaleState):
+            scale, skipped = _loss_scale_record(opt_state)
+            history.setdefault("loss_scale", []).append(scale)
+            history.setdefault("skipped_steps", []).append(skipped)
+            text += f"  loss scale {scale:g} ({skipped} steps skipped in all)"
         show(epoch, epochs, text)
         if verbose:
             print(f"epoch {epoch:3d}  {text}  ({history['time'][-1]:.2f} s)")

@@ -126,7 +126,11 @@ def test_fit_trains_in_float16_with_dynamic_loss_scaling():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(result.params))
     losses_ = result.history["train_loss"]
     assert np.all(np.isfinite(losses_)) and losses_[-1] < 0.5 * losses_[0]
-    assert float(result.opt_state.scale) >= 1.0
+    scales, skipped = result.history["loss_scale"], result.history["skipped_steps"]
+    assert len(scales) == len(skipped) == 20 and scales[-1] >= 1.0
+    assert skipped == sorted(skipped)  # a running count
+    # 160 steps at the default 2**15, growth every 2,000: no step overflowed.
+    assert scales[-1] == 2.0**15 and skipped[-1] == 0
 
 
 def test_dynamic_loss_scale_rejects_bad_options_and_a_nested_place():
