@@ -1,7 +1,7 @@
 """Milliseconds of each convolution and max-pool piece of the CNN workload:
-XLA's native ops against the formulation ``fnn.conv`` picks on this backend.
+XLA's native ops against the formulation ``fnn._backend`` picks on this backend.
 
-``fnn.conv._use_native()`` chooses at trace time; this script compiles every
+``fnn._backend.use_native()`` chooses at trace time; this script compiles every
 piece twice, once with it forced to ``True`` (XLA's ``conv_general_dilated``
 and ``reduce_window``, the code before the CPU formulations) and once as the
 backend decides, and times both side by side, interleaved, in one process:
@@ -39,16 +39,16 @@ POOLS = ((28, 28, 32), (14, 14, 64))
 
 @contextlib.contextmanager
 def native(forced: bool):
-    """Traces inside see ``_use_native() == True`` when ``forced``."""
-    from fnn import conv
+    """Traces inside see ``use_native() == True`` when ``forced``."""
+    from fnn import _backend
 
-    chosen = conv._use_native
+    chosen = _backend.use_native
     if forced:
-        conv._use_native = lambda: True
+        _backend.use_native = lambda: True
     try:
         yield
     finally:
-        conv._use_native = chosen
+        _backend.use_native = chosen
 
 
 def compiled(fn, args, forced):
@@ -128,7 +128,8 @@ def main(argv=None):
     import jax
 
     from benchmarks import harness
-    from fnn.conv import Conv, MaxPool
+    from fnn.conv import Conv
+    from fnn.pool import MaxPool
 
     rows = []  # (group, piece)
     timed = {}  # (group, piece, "native" | "chosen") -> zero-argument call

@@ -83,7 +83,10 @@ def interleaved(
 ) -> dict[str, list[list[float]]]:
     """Step times of each contender: one list of ``steps`` seconds per round.
 
-    Garbage collection is off while a round runs and done between rounds.
+    A contender is a zero-argument step, timed here, or an object with a
+    ``time_steps(n)`` method (``worker.RemoteStep``), timed in its own
+    process. Garbage collection is off while a round runs and done between
+    rounds.
     """
     names = list(steps_by_name)
     per_round: dict[str, list[list[float]]] = {name: [] for name in names}
@@ -94,7 +97,11 @@ def interleaved(
         try:
             for name in order:
                 time.sleep(pause)
-                per_round[name].append(time_steps(steps_by_name[name], steps))
+                step = steps_by_name[name]
+                if hasattr(step, "time_steps"):  # a worker.RemoteStep
+                    per_round[name].append(step.time_steps(steps))
+                else:
+                    per_round[name].append(time_steps(step, steps))
         finally:
             gc.enable()
         if progress:

@@ -2,8 +2,10 @@
 
 One training step is forward + backward + Adam update, called from Python
 and blocked on, after compilation and warm-up, in float32 on a synthetic
-batch held in memory. All contenders of a workload are timed in one
-process, interleaved round by round (see ``benchmarks/harness.py``), and
+batch held in memory. Each framework's contenders run in a process of
+their own (``benchmarks/worker.py``: PyTorch's threads never share a
+process with XLA's), and all contenders of a workload are timed
+interleaved round by round (see ``benchmarks/harness.py``); each is
 each is reported as its median step time, its ratio to the plain JAX step,
 its achieved matmul/conv GFLOP/s and that as a share of the float32 matmul
 peak (a jitted square matmul, measured at start and at end). The targets
@@ -14,6 +16,7 @@ Usage (from the repository root)::
     python benchmarks/run.py                       # everything available
     python benchmarks/run.py --quick               # fnn + plain JAX, tiny + mlp
     python benchmarks/run.py --workloads mlp,large --frameworks fnn,jax,torch
+    python benchmarks/run.py --workloads cnn --frameworks fnn,jax,torch-channels-last
     python benchmarks/run.py --steps 20 --rounds 9 --json results.json
     python benchmarks/run.py --list                # workloads, FLOP formulas
 
@@ -42,7 +45,7 @@ GROUPS = {
     "linen": ["flax-linen"],
     "nnx": ["flax-nnx", "flax-nnx-cached", "flax-nnx-split"],
     "equinox": ["equinox"],
-    "torch": ["torch", "torch-1thread"],
+    "torch": ["torch", "torch-channels-last", "torch-1thread"],
 }
 QUICK_WORKLOADS = "tiny,mlp"
 QUICK_FRAMEWORKS = "fnn,jax"
@@ -141,38 +144,38 @@ def note(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def build_all(workload, names):
-    """Builds, compiles and warms up every contender; returns ``(steps,
-    seconds per warm step, skipped reasons)``."""
-    import jax
-
-    from benchmarks import harness
-    from benchmarks.contenders import Unavailable, builder
+def build_all(workload, names, workers):
+    """Builds, compiles and warms up every contender, each in the worker
+    process of its module (started on first use, kept in ``workers``);
+    returns ``(steps, seconds per warm step, skipped reasons)``."""
+    from benchmarks.contenders import CONTENDERS
+    from benchmarks.worker import RemoteStep, Worker
 
     steps, warm, skipped = {}, {}, {}
     for name in names:
-        try:
-            step = builder(name)(workload)
-            jax.block_until_ready(step())  # compiles
-            warm[name] = harness.median(harness.time_steps(step, 2))
-            steps[name] = step
-        except Unavailable as e:
-            skipped[name] = str(e)
-        except Exception as e:  # a broken contender must not sink the others
-            skipped[name] = f"failed: {type(e).__name__}: {e}"
-        if name in skipped:
+        module = CONTENDERS[name][0]
+        if module not in workers:
+            workers[module] = Worker()
+        reply = workers[module].ask(
+            op="build", workload=workload.name, contender=name
+        )
+        if "skip" in reply:
+            skipped[name] = reply["skip"]
             note(f"  {workload.name}: skipping {name}: {skipped[name]}")
+        else:
+            warm[name] = reply["warm"]
+            steps[name] = RemoteStep(workers[module], name)
     return steps, warm, skipped
 
 
-def measure(workload, names, args, probe_n):
+def measure(workload, names, args, probe_n, workers):
     """Times every contender on ``workload``, with the ``probe_n`` matmul
     probe among them when the workload is compute-bound: ``(rows, skipped)``."""
     from benchmarks import harness
 
     rounds = args.rounds or (3 if args.quick else 10)
     note(f"{workload.name}: building {len(names)} contenders")
-    steps, warm, why = build_all(workload, names)
+    steps, warm, why = build_all(workload, names, workers)
     skipped = [
         {"workload": workload.name, "contender": c, "reason": r} for c, r in why.items()
     ]
@@ -191,6 +194,8 @@ def measure(workload, names, args, probe_n):
         steps=n,
         progress=lambda s: note(f"  {workload.name}: {s}"),
     )
+    for worker in workers.values():  # free this workload's buffers
+        worker.ask(op="drop")
     probe = per_round.pop(PROBE, None)
     medians = {
         c: harness.median([t for r in rs for t in r]) for c, rs in per_round.items()
@@ -266,7 +271,7 @@ def evaluate_targets(rows):
         )
     if "cnn" in workloads:
         # Against the faster of the two PyTorch thread settings.
-        torches = [c for c in ("torch", "torch-1thread") if ("cnn", c) in ms]
+        torches = [c for c in GROUPS["torch"] if ("cnn", c) in ms]
         best = min(torches, key=lambda c: ms[("cnn", c)], default="torch")
         for c in ("fnn-autodiff", "fnn-manual"):
             ratio_target(
@@ -319,7 +324,7 @@ def evaluate_targets(rows):
 
 
 TABLE_HEAD = (
-    f"{'workload':<15} {'contender':<16} {'ms/step':>9} {'+-':>4} "
+    f"{'workload':<15} {'contender':<20} {'ms/step':>9} {'+-':>4} "
     f"{'vs jax':>7} {'GFLOP/s':>8} {'% peak':>7} {'best ms':>9} "
     f"{'%pk best':>8} {'% mm':>6}"
 )
@@ -331,7 +336,7 @@ def print_rows(rows, file=None):
             print(file=file)
         ratio = f"{r['ratio_to_jax']:.3f}" if r["ratio_to_jax"] else "-"
         print(
-            f"{r['workload']:<15} {r['contender']:<16} {r['ms_per_step']:>9.3f} "
+            f"{r['workload']:<15} {r['contender']:<20} {r['ms_per_step']:>9.3f} "
             f"{r['spread']:>4.0%} {ratio:>7} {r['gflops']:>8.2f} "
             f"{r['peak_share']:>7.1%} {r['best_ms']:>9.3f} "
             f"{r['best_peak_share']:>8.1%} "
@@ -420,14 +425,18 @@ def main(argv=None):
     )
     note(f"allocator: {env['allocator']}")
     env["matmul_gflops_start"] = harness.matmul_peak(sizes)
-    rows, skipped = [], []
-    for workload in workloads:
-        r, s = measure(workload, names, args, PROBE_N)
-        for row in r:
-            row["peak_share"] = row["best_peak_share"] = float("nan")
-        print_rows(r, file=sys.stderr)  # progress; shares come at the end
-        rows += r
-        skipped += s
+    rows, skipped, workers = [], [], {}
+    try:
+        for workload in workloads:
+            r, s = measure(workload, names, args, PROBE_N, workers)
+            for row in r:
+                row["peak_share"] = row["best_peak_share"] = float("nan")
+            print_rows(r, file=sys.stderr)  # progress; shares come at the end
+            rows += r
+            skipped += s
+    finally:
+        for worker in workers.values():
+            worker.close()
     env["load_average_at_end"] = os.getloadavg()
     env["matmul_gflops_end"] = harness.matmul_peak(sizes)
     peak = max(*env["matmul_gflops_start"].values(), *env["matmul_gflops_end"].values())

@@ -1,4 +1,4 @@
-"""Plumbing shared by the examples: matplotlib, saving a figure, loading images.
+"""Plumbing shared by the examples: matplotlib, figures, images, a validation split.
 
 Nothing here is about neural networks; the models, their training and what
 each example shows stay in the example. Run as ``python examples/NAME.py``,
@@ -6,6 +6,8 @@ an example finds this module because its own folder is on ``sys.path``.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from fnn import data
 
@@ -55,10 +57,26 @@ def load_images(dataset: str):
     return dataset, data.digits()
 
 
-def plot_curves(history, path, title, marker=None):
-    """Training and test loss (log scale) beside test accuracy, per epoch.
+def validation_split(x, y, fraction=0.1, seed=0):
+    """``((x_train, y_train), (x_val, y_val))``: ``fraction`` of ``(x, y)`` held out.
 
-    ``history`` is `fnn.train.fit`'s, run with ``validation_data``.
+    The validation examples are drawn at random (seeded) from the training
+    data, so the test set stays untouched until the very end. Uses
+    ``fnn.data.split`` where this version of fnn has it.
+    """
+    if hasattr(data, "split"):
+        return data.split(x, y, fraction=fraction, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, round(fraction * len(x)))
+    keep, held = order[n_val:], order[:n_val]
+    return (x[keep], y[keep]), (x[held], y[held])
+
+
+def plot_curves(history, path, title, marker=None):
+    """Training and validation loss (log scale) beside validation accuracy.
+
+    ``history`` is `fnn.train.fit`'s, run with ``validation_data`` (held out
+    from the training data: the test set is for the final figure only).
     """
     plt = pyplot()
     if plt is None:
@@ -66,9 +84,35 @@ def plot_curves(history, path, title, marker=None):
     epochs = range(1, len(history["train_loss"]) + 1)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, history["train_loss"], marker=marker, label="train")
-    ax1.plot(epochs, history["val_loss"], marker=marker, label="test")
+    ax1.plot(epochs, history["val_loss"], marker=marker, label="validation")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
     ax1.legend()
     ax2.plot(epochs, history["val_accuracy"], marker=marker)
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    finish(fig, path, title)
+
+
+def plot_filters(weights, path, title, columns=16):
+    """First-layer weights as pictures: one tile per unit or filter.
+
+    Args:
+      weights: ``(H, W, units)`` (a Dense kernel reshaped to the image) or
+        ``(kh, kw, 1, filters)`` (a Conv kernel); each tile is scaled
+        symmetrically about 0 (red positive, blue negative).
+    """
+    plt = pyplot()
+    if plt is None:
+        return
+    w = np.asarray(weights, dtype=np.float32)
+    w = w.reshape(w.shape[0], w.shape[1], -1)
+    units = w.shape[-1]
+    columns = min(columns, units)
+    rows = -(-units // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(0.8 * columns, 0.8 * rows + 0.6))
+    for i, ax in enumerate(np.atleast_1d(axes).flat):
+        ax.set_axis_off()
+        if i < units:
+            tile = w[..., i]
+            scale = float(np.abs(tile).max()) or 1.0
+            ax.imshow(tile, cmap="RdBu_r", vmin=-scale, vmax=scale)
     finish(fig, path, title)

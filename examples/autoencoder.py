@@ -105,7 +105,14 @@ def main(argv=None):
 
     loss = losses.mse
     report = backprop.check(
-        model, loss, params, state, x_train[:8], x_train[:8], key=check_key
+        model,
+        loss,
+        params,
+        state,
+        x_train[:8],
+        x_train[:8],
+        key=check_key,
+        finite_differences=not args.quick,
     )
     print(report)
     if not report.ok:

@@ -206,8 +206,11 @@ def main(argv=None):
     # would sit every unit on LeakyReLU's kink.)
     x_small = jax.random.normal(keys[3], (8, m, 2))
     y_small = jnp.concatenate([jnp.ones((4, 1)), jnp.zeros((4, 1))])
+    fd = not args.quick  # --quick: manual against autodiff only
     reports = {
-        "discriminator": backprop.check(disc, LOSS, d_params, d_s, x_small, y_small),
+        "discriminator": backprop.check(
+            disc, LOSS, d_params, d_s, x_small, y_small, finite_differences=fd
+        ),
         "serial(generator, discriminator)": backprop.check(
             L.serial(gen, disc),
             LOSS,
@@ -215,6 +218,7 @@ def main(argv=None):
             (g_s, d_s),
             jax.random.normal(keys[2], (8, m, NOISE)),
             jnp.ones((8, 1)),
+            finite_differences=fd,
         ),
     }
     for name, report in reports.items():

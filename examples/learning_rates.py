@@ -1,9 +1,13 @@
 """Learning rates: too small crawls, a good one converges, too large diverges.
 
-The same MLP is trained on the digits with plain gradient descent at three
-learning rates; the training-loss curves go on one figure.
+The same MLP, its hand-written gradients first checked against autodiff
+(`fnn.backprop.check`), is trained on the digits with plain gradient
+descent at three learning rates; the training-loss curves go on one figure.
+Too large a rate makes the loss overflow: `fit` stops at the first
+non-finite loss and says where (`result.stopped`).
 
 Run: python examples/learning_rates.py [--epochs 20] [--plot learning_rates.png]
+         [--quick]
 """
 
 import argparse
@@ -11,7 +15,7 @@ import math
 
 import jax
 
-from fnn import data, losses, optim, train
+from fnn import backprop, data, losses, optim, train
 from fnn import layers as L
 
 from _shared import finish, pyplot
@@ -19,15 +23,32 @@ from _shared import finish, pyplot
 RATES = {"too small": 1e-4, "good": 0.1, "too large": 30.0}
 
 
-def main(epochs=20, plot_path="learning_rates.png"):
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--quick", action="store_true", help="4 epochs (seconds): for tests"
+    )
+    parser.add_argument("--plot", default="learning_rates.png", help="PNG path")
+    args = parser.parse_args(argv)
+    epochs = 4 if args.quick else args.epochs
+    plot_path = args.plot
+
     (x, y), _ = data.digits()
     model = L.serial(L.Flatten(), L.Dense(64), L.Tanh, L.Dense(10))
     _, params, state = model.init(jax.random.key(0), x.shape[1:])
+    loss = losses.softmax_cross_entropy
+    report = backprop.check(
+        model, loss, params, state, x[:16], y[:16], finite_differences=not args.quick
+    )
+    print(report)
+    if not report.ok:
+        raise SystemExit("gradient check failed: manual and autodiff disagree")
     curves = {}
     for label, lr in RATES.items():
         result = train.fit(
             model,
-            losses.softmax_cross_entropy,
+            loss,
             optim.sgd(lr),
             params,
             state,
@@ -47,7 +68,7 @@ def main(epochs=20, plot_path="learning_rates.png"):
     if plot_path:
         plt = pyplot()
         if plt is None:
-            return curves
+            return {"curves": curves, "check_ok": report.ok}
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, values in curves.items():
             ax.plot(
@@ -65,12 +86,8 @@ def main(epochs=20, plot_path="learning_rates.png"):
         )
         ax.legend()
         finish(fig, plot_path)
-    return curves
+    return {"curves": curves, "check_ok": report.ok}
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--plot", default="learning_rates.png")
-    args = parser.parse_args()
-    main(args.epochs, args.plot)
+    main()

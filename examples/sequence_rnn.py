@@ -7,16 +7,17 @@ classified::
 
     Reshape (T, d) - RNN(hidden) - LastStep - Dense 10
 
-``LastStep`` is written here, in a few lines, as a complete fnn layer: its
-forward keeps ``h_T``, its hand-written backward puts ``dy`` at the last
-time step and zeros before it. Backpropagation through time then happens
-inside the recurrent layer's own backward (a reverse ``lax.scan``).
+`fnn.layers.LastStep` keeps ``h_T``; its hand-written backward puts ``dy``
+at the last time step and zeros before it. Backpropagation through time
+then happens inside the recurrent layer's own backward (a reverse
+``lax.scan``).
 
 The three cells: `SimpleRNN` (``h_t = tanh(x_t w_x + h_{t-1} w_h + b)``),
 whose gradient through time is a product of Jacobians that can vanish;
 `LSTM` and `GRU`, whose gates let the gradient pass along the cell state.
 For each, `fnn.backprop.check` first proves manual = autodiff = finite
-differences, then Adam trains it and the test accuracy is reported.
+differences, then Adam trains it, watching a validation split (10% held
+out of the training images), and the test accuracy is reported at the end.
 
 Run: python examples/sequence_rnn.py [--dataset digits|mnist]
          [--cells simple_rnn,lstm,gru] [--method manual] [--plot ...] [--quick]
@@ -28,15 +29,14 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from fnn import backprop, losses, optim, train
 from fnn import layers as L
-from fnn.protocol import Layer, ShapeError, check_shape
+from fnn.protocol import Layer
 from fnn.recurrent import GRU, LSTM, SimpleRNN
 
-from _shared import finish, load_images, pyplot
+from _shared import finish, load_images, pyplot, validation_split
 
 CELLS = {"simple_rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
 DEFAULTS = {  # dataset: (epochs, batch size, learning rate, hidden units)
@@ -49,37 +49,11 @@ QUICK = {  # dataset: (epochs, training examples kept, test examples kept)
 }
 
 
-def LastStep() -> Layer:
-    """Keeps the last time step of a sequence: ``(T, d) -> (d,)``. No parameters.
-
-    Backward: ``dx[:, t] = dy`` for ``t = T - 1``, 0 for earlier steps (they
-    do not reach the output directly; the RNN's own backward carries their
-    share through time).
-    """
-    name = "LastStep()"
-
-    def init(key, input_shape):
-        input_shape = check_shape(name, input_shape)
-        if len(input_shape) != 2:
-            raise ShapeError(f"{name}: expected (T, d) per example, got {input_shape}")
-        return input_shape[1:], (), ()
-
-    def forward(params, state, x, *, key=None, train=False):
-        # A zero-size array carries the sequence length to backward.
-        return x[:, -1], state, jnp.zeros((0, x.shape[1]), x.dtype)
-
-    def backward(params, carrier, dy):
-        steps = carrier.shape[1]
-        return (), jnp.pad(dy[:, None, :], ((0, 0), (steps - 1, 0), (0, 0)))
-
-    return Layer(init, forward, backward, name)
-
-
 def classifier(cell, image_shape, hidden: int, num_classes: int = 10) -> Layer:
     """An ``(H, W, 1)`` image read as ``H`` steps of ``W``: an RNN, its last state."""
     rows, cols = image_shape[:2]
     return L.serial(
-        L.Reshape((rows, cols)), cell(hidden), LastStep(), L.Dense(num_classes)
+        L.Reshape((rows, cols)), cell(hidden), L.LastStep(), L.Dense(num_classes)
     )
 
 
@@ -93,7 +67,7 @@ def plot(histories, path, title):
         ax1.plot(epochs, history["train_loss"], label=name)
         ax2.plot(epochs, history["val_accuracy"], label=name)
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="training loss", yscale="log")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
     ax1.legend()
     ax2.legend()
     finish(fig, path, title)
@@ -128,10 +102,12 @@ def main(argv=None):
         x_train, y_train = x_train[:n_train], y_train[:n_train]
         x_test, y_test = x_test[:n_test], y_test[:n_test]
     epochs, hidden = args.epochs or epochs, args.hidden or hidden
+    (x_train, y_train), (x_val, y_val) = validation_split(x_train, y_train, 0.1)
     image_shape = x_train.shape[1:]
     print(
-        f"{dataset}: {len(x_train)} training and {len(x_test)} test images, read "
-        f"as {image_shape[0]} steps of {image_shape[1]} pixels"
+        f"{dataset}: {len(x_train)} training, {len(x_val)} validation and "
+        f"{len(x_test)} test images, read as {image_shape[0]} steps of "
+        f"{image_shape[1]} pixels"
     )
 
     loss = losses.softmax_cross_entropy
@@ -141,7 +117,15 @@ def main(argv=None):
         start = time.perf_counter()
         model = classifier(CELLS[name], image_shape, hidden)
         _, params, state = jax.jit(model.init, static_argnums=1)(init_key, image_shape)
-        report = backprop.check(model, loss, params, state, x_train[:8], y_train[:8])
+        report = backprop.check(
+            model,
+            loss,
+            params,
+            state,
+            x_train[:8],
+            y_train[:8],
+            finite_differences=not args.quick,
+        )
         print(f"{name}: {report}")
         if not report.ok:
             raise SystemExit(f"gradient check failed for {name}")
@@ -158,7 +142,7 @@ def main(argv=None):
             key=fit_key,
             epochs=epochs,
             batch_size=batch_size,
-            validation_data=(x_test, y_test),
+            validation_data=(x_val, y_val),
             method=args.method,
         )
         final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)

@@ -108,6 +108,11 @@ def make_train(model, optimizer, method, batch, length, vocab, task):
     return jax.jit(train, static_argnums=4)
 
 
+def chunk_sizes(steps: int, chunk: int) -> list[int]:
+    """Scan lengths that add up to ``steps``: full chunks, then the rest."""
+    return [min(chunk, steps - done) for done in range(0, steps, chunk)]
+
+
 def accuracy(model, params, state, x, y) -> tuple[float, float]:
     """Token accuracy and whole-sequence accuracy on ``(x, y)``."""
     logits, _ = jax.jit(model.apply)(params, state, x)
@@ -151,7 +156,7 @@ def main(argv=None):
     parser.add_argument("--plot", default="transformer.png", help="PNG path")
     args = parser.parse_args(argv)
     if args.quick:
-        args.length, args.blocks, args.steps = 5, 1, 600
+        args.length, args.blocks, args.steps = 5, 1, 250
     length, vocab, steps = args.length, args.vocab, args.steps
     chunk = min(steps, 250)
 
@@ -164,7 +169,13 @@ def main(argv=None):
 
     x_small, y_small = make_batch(keys[1], 4, length, vocab, args.task)
     report = backprop.check(
-        model, losses.softmax_cross_entropy, params, state, x_small, y_small
+        model,
+        losses.softmax_cross_entropy,
+        params,
+        state,
+        x_small,
+        y_small,
+        finite_differences=not args.quick,
     )
     print(report)
     if not report.ok:
@@ -180,14 +191,16 @@ def main(argv=None):
     )
     opt_state = optimizer.init(params)
     curve = []
-    for done in range(0, steps, chunk):
+    done = 0
+    for n in chunk_sizes(steps, chunk):
         (params, state, opt_state), values = train(
-            params, state, opt_state, jax.random.fold_in(keys[3], done), chunk
+            params, state, opt_state, jax.random.fold_in(keys[3], done), n
         )
         token, sequence = accuracy(model, params, state, x_test, y_test)
-        curve.append((done + chunk, float(np.mean(values)), token, sequence))
+        done += n
+        curve.append((done, float(np.mean(values)), token, sequence))
         print(
-            f"step {done + chunk:5d}  loss {curve[-1][1]:.4f}  token accuracy "
+            f"step {done:5d}  loss {curve[-1][1]:.4f}  token accuracy "
             f"{token:.4f}  sequence accuracy {sequence:.4f}"
         )
     wall = time.perf_counter() - start
@@ -205,6 +218,8 @@ def main(argv=None):
         "token_accuracy": token,
         "sequence_accuracy": sequence,
         "check_ok": report.ok,
+        "steps_trained": curve[-1][0],
+        "steps": steps,
     }
 
 

@@ -1,35 +1,33 @@
-"""Gradients two ways, and the proof that they agree.
+"""Gradients two ways: JAX's autodiff, and the chain rule written by hand.
 
 ``value_and_grad(model, loss, method=...)`` gives the loss and its parameter
-gradient either by JAX's autodiff (``method="autodiff"``) or by the chain rule
-written by hand: each layer's ``backward`` called in reverse order from the
-loss's own hand-written gradient (``method="manual"``). ``check`` and
-``check_layer`` compare the two, and autodiff against central finite
-differences in float64, leaf by leaf.
+gradient either by autodiff (``method="autodiff"``) or by each layer's
+``backward`` called in reverse order from the loss's own hand-written
+gradient (``method="manual"``). ``manual_vjp`` makes autodiff itself call a
+layer's hand-written backward.
+
+The rest of the gradient toolbox lives beside this file and is re-exported
+here, so ``fnn.backprop.<name>`` reaches all of it:
+
+- :mod:`fnn.gradcheck`: ``check``, ``check_layer`` and their reports (manual
+  vs autodiff vs finite differences, in float64);
+- :mod:`fnn.per_example`: ``per_example_grads``, ``per_example_norms``;
+- :mod:`fnn.diagnostics`: ``grad_norms`` and the other per-layer health
+  figures.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from fnn.diagnostics import grad_norms, is_chain, kind_of
 from fnn.protocol import Layer, check_params, per_example_shape
 
 METHODS = ("autodiff", "manual")
-
-# Tolerances of `check`, all comparisons in float64. Manual and autodiff
-# gradients differ only by round-off; central differences with step EPS carry
-# O(EPS**2) truncation and O(|f| * 1e-16 / EPS) cancellation error, so their
-# absolute tolerance scales with the function's value: FD_ATOL * max(1, |f|).
-MANUAL_RTOL = 1e-6
-FD_RTOL = 1e-5
-ATOL = 1e-10
-FD_ATOL = 1e-8
-EPS = 1e-6
 
 
 def _check_method(method):
@@ -37,29 +35,103 @@ def _check_method(method):
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def _cast_floats(tree, dtype):
-    """Casts the floating leaves of ``tree`` to ``dtype``; ints stay as they are."""
+def cast_floats(tree, dtype):
+    """Casts the floating leaves of ``tree`` to ``dtype``; other leaves stay.
+
+    Args:
+      tree: a pytree of arrays or array-likes (Python floats and NumPy arrays
+        too; integer leaves, such as labels or token ids, are left alone).
+      dtype: the floating dtype to cast to, e.g. ``jnp.bfloat16``.
+
+    Returns:
+      A tree of the same structure, every leaf a JAX array.
+    """
 
     def cast(leaf):
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            return jnp.asarray(leaf).astype(dtype)
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.astype(dtype)
         return leaf
 
     return jax.tree.map(cast, tree)
 
 
+# --------------------------------------------------------------------------
+# A loss that applies softmax (or sigmoid) itself, after a model that did.
+
+
+def _last_layer(model: Layer) -> Layer:
+    """The layer whose output is the model's, down nested ``serial`` chains."""
+    while is_chain(model):
+        model = model.layers[-1]
+    return model
+
+
+def _refuse_double_link(model: Layer, loss) -> None:
+    """Raises when ``loss`` applies the link function the model ends with."""
+    if getattr(loss, "expects", None) != "logits":
+        return
+    name = kind_of(_last_layer(model))
+    if name in ("Softmax", "Sigmoid"):
+        fix = "cross_entropy" if name == "Softmax" else "binary_cross_entropy"
+        raise ValueError(
+            f"value_and_grad: the model ends in a {name} layer and {loss!r} "
+            f"applies {name.lower()} itself, so it would be applied twice "
+            f"(the loss stays high and the gradient vanishes). Drop the final "
+            f"{name} layer and keep {loss!r} on logits (numerically stable), or "
+            f"keep the layer and use fnn.losses.{fix} (on probabilities)."
+        )
+
+
+# --------------------------------------------------------------------------
+# The gradient builders
+
+
+def _check_regularizer(regularizer, method):
+    if regularizer is None:
+        return
+    if not callable(regularizer):
+        raise TypeError(
+            f"regularizer must be a callable params -> scalar, such as "
+            f"fnn.losses.penalty(l2=1e-4); got {regularizer!r}"
+        )
+    if method == "manual" and not callable(getattr(regularizer, "grad", None)):
+        raise TypeError(
+            f"method='manual' needs a regularizer with a hand-written gradient "
+            f"`regularizer.grad(params)`; {regularizer!r} has none. Build one with "
+            f"fnn.losses.penalty(l1=..., l2=...), or use method='autodiff'."
+        )
+
+
 def value_and_grad(
-    model: Layer, loss, method: str = "autodiff", *, train=True, compute_dtype=None
-):
+    model: Layer,
+    loss,
+    method: str = "autodiff",
+    *,
+    regularizer=None,
+    train: bool = True,
+    compute_dtype=None,
+) -> Callable:
     """Builds ``f(params, state, x, y, *, key=None) -> ((loss, new_state), grads)``.
+
+    The objective is ``J(params) = loss(model(params, x), y) + R(params)``
+    with ``R`` the regularizer (0 without one). ``method="autodiff"`` takes
+    ``jax.grad`` of ``J``. ``method="manual"`` runs ``model.forward``, starts
+    the chain rule from the loss's hand-written ``dL/dpred = loss.grad(pred,
+    y)``, pulls it back through ``model.backward`` (each layer's
+    vector-Jacobian product, last to first) and adds ``R.grad(params)``:
+    ``dJ/dparams = backward(dL/dpred) + dR/dparams``.
 
     Args:
       model: a :class:`~fnn.protocol.Layer`, usually a ``serial`` network.
       loss: ``loss(pred, target) -> scalar``; for ``method="manual"`` it must
         also carry a hand-written ``loss.grad(pred, target)`` (all of
         :mod:`fnn.losses` do).
-      method: ``"autodiff"`` (``jax.value_and_grad`` through ``model.apply``)
-        or ``"manual"`` (``model.forward``, ``loss.grad``, ``model.backward``).
+      method: ``"autodiff"`` or ``"manual"``.
+      regularizer: ``None``, or a callable ``params -> scalar`` added to the
+        loss, such as ``fnn.losses.penalty(l2=1e-4)``; for
+        ``method="manual"`` it must carry ``regularizer.grad(params)``. It
+        sees the float32 master parameters, also under ``compute_dtype``.
       train: runs the model in training mode (dropout on, batch statistics).
       compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and
         backward passes run on parameters and inputs cast to it, while the
@@ -67,30 +139,44 @@ def value_and_grad(
         parameters' own dtype (float32 master weights). ``None``: no casts.
 
     Returns:
-      A pure function, ready for ``jax.jit`` and ``jax.vmap``; ``grads`` has
-      the structure of ``params``. Its ``loss_scale`` keyword (a float or a
-      traced scalar; see :func:`fnn.optim.dynamic_loss_scale`) multiplies
-      the loss before the backward pass, so that float16 cotangents do not
-      underflow: ``grads`` are then the scaled ones, while the loss returned
-      stays unscaled.
+      A pure function, ready for ``jax.jit`` and ``jax.vmap``; the loss it
+      returns is ``J`` (regularizer included) and ``grads`` has the structure
+      of ``params``. Its ``loss_scale`` keyword (a float or a traced scalar)
+      multiplies ``J`` before the backward pass, so that float16 cotangents
+      do not underflow: ``grads`` are then the scaled ones, while the loss
+      returned stays unscaled. :func:`fnn.optim.gradient_step` is the one
+      place that passes it (see :func:`fnn.optim.dynamic_loss_scale`).
+
+    Raises:
+      ValueError: an unknown ``method``; a model that ends in a ``Softmax``
+        (or ``Sigmoid``) layer paired with a loss on logits, which applies
+        it a second time.
+      TypeError: ``method="manual"`` with a loss or regularizer that has no
+        ``.grad``; a regularizer that is not callable.
     """
     _check_method(method)
+    _check_regularizer(regularizer, method)
+    _refuse_double_link(model, loss)
 
     def lowered(params, x):
         if compute_dtype is None:
             return params, x
-        return _cast_floats(params, compute_dtype), _cast_floats(x, compute_dtype)
+        return cast_floats(params, compute_dtype), cast_floats(x, compute_dtype)
 
-    def loss_dtype(pred):
-        return pred if compute_dtype is None else _cast_floats(pred, jnp.float32)
+    def to_loss_dtype(pred):
+        return pred if compute_dtype is None else cast_floats(pred, jnp.float32)
+
+    def total(value, params):
+        # No "+ 0.0" without a regularizer: the step stays the hand-written one.
+        return value if regularizer is None else value + regularizer(params)
 
     if method == "autodiff":
 
         def objective(params, state, x, y, key, scale):
             check_params(model, params, state, per_example_shape(x))
-            params, x = lowered(params, x)
-            pred, new_state = model.apply(params, state, x, key=key, train=train)
-            value = loss(loss_dtype(pred), y)
+            low_params, x = lowered(params, x)
+            pred, new_state = model.apply(low_params, state, x, key=key, train=train)
+            value = total(loss(to_loss_dtype(pred), y), params)
             return value * scale, (value, new_state)
 
         grad_fn = jax.grad(objective, has_aux=True)
@@ -115,277 +201,23 @@ def value_and_grad(
         pred, new_state, cache = model.forward(
             low_params, state, x, key=key, train=train
         )
-        pred32 = loss_dtype(pred)
+        pred32 = to_loss_dtype(pred)
+        scale = 1.0 if loss_scale is None else loss_scale
         dpred = loss.grad(pred32, y)
         if loss_scale is not None:
             dpred = dpred * loss_scale
-        dpred = dpred.astype(pred.dtype)
-        grads, _ = model.backward(low_params, cache, dpred)
+        grads, _ = model.backward(low_params, cache, dpred.astype(pred.dtype))
         if compute_dtype is not None:  # back to the master weights' dtypes
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        return (loss(pred32, y), new_state), grads
+        if regularizer is not None:
+            grads = jax.tree.map(
+                lambda g, r: g + (scale * r).astype(g.dtype),
+                grads,
+                regularizer.grad(params),
+            )
+        return (total(loss(pred32, y), params), new_state), grads
 
     return manual
-
-
-# --------------------------------------------------------------------------
-# Checks
-
-
-@dataclasses.dataclass(frozen=True)
-class LeafCheck:
-    """One row of a gradient report: a parameter leaf (or the input ``x``)."""
-
-    path: str
-    shape: tuple
-    manual_abs: float  # max |manual - autodiff|
-    manual_rel: float  # manual_abs / max |autodiff|
-    fd_abs: float  # |<autodiff, t> - central difference along t|, NaN if skipped
-    fd_rel: float
-    fd_atol: float = FD_ATOL  # round-off allowance of the difference quotient
-
-    @property
-    def ok(self) -> bool:
-        manual_ok = self.manual_abs <= ATOL or self.manual_rel <= MANUAL_RTOL
-        fd_ok = (
-            np.isnan(self.fd_abs)
-            or self.fd_abs <= self.fd_atol
-            or self.fd_rel <= FD_RTOL
-        )
-        return bool(manual_ok and fd_ok)
-
-
-@dataclasses.dataclass(frozen=True)
-class GradCheckReport:
-    """Per-leaf comparison of manual, autodiff and finite-difference gradients.
-
-    ``report.ok`` is true when every leaf passes; ``str(report)`` is a table.
-    """
-
-    rows: tuple[LeafCheck, ...]
-    loss: float
-
-    @property
-    def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
-
-    def failures(self) -> tuple[LeafCheck, ...]:
-        return tuple(row for row in self.rows if not row.ok)
-
-    def __str__(self) -> str:
-        width = max([len("leaf")] + [len(r.path) for r in self.rows])
-        head = (
-            f"{'leaf':<{width}}  {'shape':<14} {'manual-autodiff':>16} "
-            f"{'(rel)':>9} {'autodiff-fd':>12} {'(rel)':>9}  ok"
-        )
-        lines = [f"gradient check, float64, loss {self.loss:.6g}", head]
-        for r in self.rows:
-            lines.append(
-                f"{r.path:<{width}}  {str(r.shape):<14} {r.manual_abs:>16.2e} "
-                f"{r.manual_rel:>9.1e} {r.fd_abs:>12.2e} {r.fd_rel:>9.1e}  "
-                f"{'yes' if r.ok else 'NO'}"
-            )
-        verdict = "all leaves agree" if self.ok else f"{len(self.failures())} FAILED"
-        lines.append(
-            f"{verdict} (tolerances: manual rel {MANUAL_RTOL:g}, fd rel {FD_RTOL:g})"
-        )
-        return "\n".join(lines)
-
-
-def _to_float64(tree):
-    def cast(leaf):
-        leaf = jnp.asarray(leaf)
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            return leaf.astype(jnp.float64)
-        return leaf
-
-    return jax.tree.map(cast, tree)
-
-
-def _errors(manual, autodiff) -> tuple[float, float]:
-    """Max abs difference, and that relative to the largest autodiff entry."""
-    manual, autodiff = np.asarray(manual), np.asarray(autodiff)
-    if manual.shape != autodiff.shape:
-        raise ValueError(
-            f"manual gradient has shape {manual.shape}, autodiff {autodiff.shape}"
-        )
-    if manual.size == 0:
-        return 0.0, 0.0
-    err = float(np.max(np.abs(manual - autodiff)))
-    return err, err / max(float(np.max(np.abs(autodiff))), 1e-300)
-
-
-def _gradients_and_differences(scalar_fn, manual_fn, primals, directions, fd):
-    """Everything a check needs, computed in one jitted float64 program.
-
-    Returns ``(value, manual, autodiff, predicted, numeric)``: the scalar at
-    ``primals``, the hand-written and autodiff gradients of it, and per leaf
-    ``<autodiff_i, t_i>`` and the central difference of ``scalar_fn`` along
-    the unit direction ``t_i`` (a leaf of ``directions``) that moves that
-    leaf only.
-    """
-    value, autodiff = jax.value_and_grad(scalar_fn)(primals)
-    manual = manual_fn(primals)
-    leaves, treedef = jax.tree.flatten(primals)
-    auto_leaves, dir_leaves = jax.tree.leaves(autodiff), jax.tree.leaves(directions)
-    predicted, numeric = [], []
-    for i, (leaf, a, t) in enumerate(zip(leaves, auto_leaves, dir_leaves)):
-        if not (fd and leaf.size):
-            predicted.append(jnp.nan)
-            numeric.append(jnp.nan)
-            continue
-
-        def moved(sign, i=i, t=t):
-            shifted = list(leaves)
-            shifted[i] = leaves[i] + sign * EPS * t
-            return scalar_fn(jax.tree.unflatten(treedef, shifted))
-
-        predicted.append(jnp.vdot(a, t))
-        numeric.append((moved(1.0) - moved(-1.0)) / (2 * EPS))
-    return value, manual, autodiff, jnp.stack(predicted), jnp.stack(numeric)
-
-
-def _compare(scalar_fn, manual_fn, primals, *, finite_differences, seed):
-    """One :class:`LeafCheck` per leaf of ``primals``, and the scalar's value."""
-    # Test vectors come from NumPy: random bits drawn inside the jitted
-    # program would multiply its compile time for nothing.
-    rng = np.random.default_rng(seed)
-    directions = jax.tree.map(
-        lambda leaf: _unit(rng.standard_normal(np.shape(leaf))), primals
-    )
-    run = jax.jit(
-        lambda p, d: _gradients_and_differences(
-            scalar_fn, manual_fn, p, d, finite_differences
-        )
-    )
-    value, manual, autodiff, predicted, numeric = jax.device_get(
-        run(primals, directions)
-    )
-    paths = [keystr for keystr, _ in _named_leaves(primals)]
-    manual_leaves, auto_leaves = jax.tree.leaves(manual), jax.tree.leaves(autodiff)
-    if len(manual_leaves) != len(paths):
-        raise ValueError(
-            f"manual gradient has {len(manual_leaves)} leaves where the "
-            f"primals have {len(paths)}: a backward returned the wrong structure"
-        )
-    fd_atol = FD_ATOL * max(1.0, abs(float(value)))
-    rows = []
-    for path, m, a, p, n in zip(paths, manual_leaves, auto_leaves, predicted, numeric):
-        m_abs, m_rel = _errors(m, a)
-        f_abs = abs(float(p) - float(n))
-        f_rel = f_abs / max(abs(float(p)), abs(float(n)), 1e-300)
-        rows.append(
-            LeafCheck(path, tuple(np.shape(a)), m_abs, m_rel, f_abs, f_rel, fd_atol)
-        )
-    return tuple(rows), float(value)
-
-
-def _unit(t):
-    return t / max(float(np.linalg.norm(t)), 1e-300)
-
-
-def _named_leaves(tree):
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [(jax.tree_util.keystr(path) or "(root)", leaf) for path, leaf in flat]
-
-
-def check(
-    model: Layer,
-    loss,
-    params,
-    state,
-    x,
-    y,
-    *,
-    key=None,
-    finite_differences=True,
-    train=True,
-    seed=0,
-) -> GradCheckReport:
-    """Compares manual, autodiff and finite-difference gradients of a loss.
-
-    Everything runs in float64 (inside a scoped ``jax.enable_x64``), as one
-    compiled program. For each parameter leaf the report holds the max abs
-    and relative error of the manual gradient against autodiff, and of
-    autodiff against a central finite difference along a random unit
-    direction (as ``jax.test_util.check_vjp`` does).
-
-    Args:
-      model, loss: as for :func:`value_and_grad`.
-      params, state, x, y: the point to check at; a small batch is enough.
-      key: PRNG key for layers that need one in training. Every evaluation
-        uses the same key, so dropout masks stay fixed.
-      finite_differences: also compare autodiff with finite differences.
-      train: check the training-mode gradient (dropout, batch statistics).
-      seed: seeds the random finite-difference directions.
-
-    Returns:
-      A :class:`GradCheckReport`: ``report.ok``, ``print(report)``.
-    """
-    manual_grad = value_and_grad(model, loss, "manual", train=train)
-    with jax.enable_x64(True):
-        params, state, x, y = _to_float64((params, state, x, y))
-        check_params(model, params, state, per_example_shape(x))
-
-        def loss_of(p):
-            return loss(model.apply(p, state, x, key=key, train=train)[0], y)
-
-        def manual(p):
-            return manual_grad(p, state, x, y, key=key)[1]
-
-        rows, value = _compare(
-            loss_of, manual, params, finite_differences=finite_differences, seed=seed
-        )
-        return GradCheckReport(rows, value)
-
-
-def check_layer(
-    layer: Layer,
-    params,
-    state,
-    x,
-    *,
-    key=None,
-    train=False,
-    finite_differences=True,
-    seed=0,
-) -> GradCheckReport:
-    """Checks one layer's hand-written ``backward``, for params and input.
-
-    A random cotangent ``c`` shaped like the layer's output is pulled back by
-    ``layer.backward``; autodiff gives the same pull-back as the gradient of
-    ``<apply(params, x), c>``, which finite differences check in turn; all in
-    float64, as one compiled program. Rows are named ``['params']...`` and
-    ``['x']``; an integer ``x`` (token ids) has no gradient and no row.
-    """
-    with jax.enable_x64(True):
-        params, state, x = _to_float64((params, state, x))
-        diff_x = all(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree.leaves(x))
-        out = jax.eval_shape(
-            lambda: layer.apply(params, state, x, key=key, train=train)[0]
-        )
-        rng = np.random.default_rng(seed + 1)
-        cot = jax.tree.map(lambda o: rng.standard_normal(o.shape), out)
-
-        def split(primals):
-            return primals["params"], primals["x"] if diff_x else x
-
-        def scalar(primals):
-            p, xx = split(primals)
-            y, _ = layer.apply(p, state, xx, key=key, train=train)
-            return sum(jax.tree.leaves(jax.tree.map(jnp.vdot, y, cot)))
-
-        def manual(primals):
-            p, xx = split(primals)
-            _, _, cache = layer.forward(p, state, xx, key=key, train=train)
-            dparams, dx = layer.backward(p, cache, cot)
-            return {"params": dparams, "x": dx} if diff_x else {"params": dparams}
-
-        primals = {"params": params, "x": x} if diff_x else {"params": params}
-        rows, value = _compare(
-            scalar, manual, primals, finite_differences=finite_differences, seed=seed
-        )
-        return GradCheckReport(rows, value)
 
 
 # --------------------------------------------------------------------------
@@ -409,8 +241,18 @@ def manual_vjp(layer: Layer) -> Layer:
 
     ``apply`` is wrapped in ``jax.custom_vjp``: ``jax.grad`` of a model built
     from ``manual_vjp`` layers never differentiates their forward, it calls
-    ``layer.backward`` on the cache instead. Mixing wrapped and plain layers
-    in one model is fine; ``state`` and ``key`` get zero cotangents.
+    ``layer.backward`` on the cache instead: for ``y = f(params, x)`` and an
+    output cotangent ``dy``, ``(dparams, dx) = layer.backward(params, cache,
+    dy)`` stands for ``(dy^T df/dparams, dy^T df/dx)``. Mixing wrapped and
+    plain layers in one model is fine; ``state`` and ``key`` get zero
+    cotangents.
+
+    Args:
+      layer: any :class:`~fnn.protocol.Layer`.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` with the same ``init``, ``backward``
+      and outputs, named ``manual_vjp(<name>)``.
     """
 
     def apply(params, state, x, key, train):
@@ -444,68 +286,38 @@ def manual_vjp(layer: Layer) -> Layer:
 
 
 # --------------------------------------------------------------------------
-# Inspecting gradients
+# The rest of the toolbox, reachable as fnn.backprop.<name> (DESIGN.md). These
+# modules call value_and_grad above, so they are imported after it
+# (grad_norms, from fnn.diagnostics, is imported at the top).
 
+from fnn.gradcheck import (  # noqa: E402
+    ATOL,
+    EPS,
+    FD_ATOL,
+    FD_RTOL,
+    MANUAL_RTOL,
+    GradCheckReport,
+    LeafCheck,
+    check,
+    check_layer,
+)
+from fnn.per_example import per_example_grads, per_example_norms  # noqa: E402
 
-def grad_norms(grads) -> dict[str, jax.Array]:
-    """The L2 norm of each layer's gradient, keyed like ``'[2]'`` or ``"['w']"``.
-
-    For a ``serial`` model's gradient (a tuple, one entry per layer) this is
-    one norm per layer; layers without parameters are left out. Any other
-    tree gives one norm per top-level entry.
-    """
-    if isinstance(grads, (tuple, list)):
-        items = [(jax.tree_util.SequenceKey(i), g) for i, g in enumerate(grads)]
-    elif isinstance(grads, dict):
-        items = [(jax.tree_util.DictKey(k), g) for k, g in grads.items()]
-    else:
-        return {"(root)": optax.tree.norm(grads)}
-    return {
-        jax.tree_util.keystr((k,)): optax.tree.norm(g)
-        for k, g in items
-        if jax.tree.leaves(g)
-    }
-
-
-# --------------------------------------------------------------------------
-# Per-example gradients
-
-
-def per_example_grads(model: Layer, loss, method: str = "autodiff", *, train=True):
-    """Builds ``f(params, state, x, y, *, key=None) -> (losses, grads)``.
-
-    ``losses`` has shape ``(N,)`` and every leaf of ``grads`` a leading axis
-    of ``N``: the gradient of each example's loss on its own, by
-    ``jax.vmap`` over batches of one (either gradient method). Their mean is
-    the batch gradient. Undefined for batch norm, which couples the examples
-    of a batch: a model with state is refused. Each example gets its own
-    dropout key, split from ``key``.
-    """
-    grad_fn = value_and_grad(model, loss, method, train=train)
-
-    def one(params, state, x, y, key):
-        (value, _), grads = grad_fn(params, state, x[None], y[None], key=key)
-        return value, grads
-
-    def f(params, state, x, y, *, key=None):
-        if jax.tree.leaves(state):
-            raise ValueError(
-                "per_example_grads: the model has state (batch norm?), which "
-                "couples the examples of a batch; per-example gradients are "
-                "undefined. Use LayerNorm, or no normalisation."
-            )
-        keys = None if key is None else jax.random.split(key, len(x))
-        return jax.vmap(
-            one, in_axes=(None, None, 0, 0, 0 if keys is not None else None)
-        )(params, state, x, y, keys)
-
-    return f
-
-
-def per_example_norms(grads) -> jax.Array:
-    """Global L2 norm of each example's gradient: shape ``(N,)``."""
-    squares = [
-        jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
-        for g in jax.tree.leaves(grads)
-    ]
-    return jnp.sqrt(sum(squares))
+__all__ = [
+    "ATOL",
+    "EPS",
+    "FD_ATOL",
+    "FD_RTOL",
+    "MANUAL_RTOL",
+    "METHODS",
+    "GradCheckReport",
+    "LeafCheck",
+    "cast_floats",
+    "check",
+    "check_layer",
+    "grad_norms",
+    "manual_vjp",
+    "per_example_grads",
+    "per_example_norms",
+    "value_and_grad",
+]

@@ -28,10 +28,30 @@ The JSON header holds ``format``, ``format_version``, ``fnn_version``,
 (the key's PRNG implementation) and ``data_dtype``/``data_shape`` of the key
 data stored. No pickle is involved anywhere: dtypes come from an allow-list.
 
-Writes are atomic: the file is written under a temporary name in the target's
-folder, flushed and fsynced, renamed over the target with ``os.replace`` and
-the folder fsynced; a process killed at any moment leaves the old checkpoint
-or the new one, whole (plus, at worst, a stray ``.<name>.*.tmp`` file).
+Every field is validated on load against the one layout ``save`` writes
+(leaves back to back in order, each 64-aligned), so a header edited and
+re-signed is a :class:`CheckpointError` — never a ``RecursionError``, an
+``OverflowError``, a ``TypeError``, or a leaf other than the one the header
+and ``like`` both describe (see ``fnn/_checkpoint_format.py``). The SHA-256
+detects damage, not tampering: it has no key, so whoever can write the file
+can also write a consistent one; load checkpoints you trust.
+
+``load(path, like, prefix=..., strict=False)`` loads part of a checkpoint
+into part of a model (transfer learning), with the same checks. Leaves of a
+64-bit dtype that JAX cannot hold while ``jax_enable_x64`` is off come back
+as exact NumPy arrays, never narrowed.
+
+Writes are atomic (``fnn/_fileio.py``): the file is written under a temporary
+name ``.<name>.<host>-<pid>.<hex>.tmp`` in the target's folder, flushed and
+fsynced, renamed over the target with ``os.replace`` and the folder fsynced; a
+process killed at any moment leaves the old checkpoint or the new one, whole,
+plus its temporary, which the next save of the same path removes once its
+writer is gone. Overwriting keeps the file's permission bits; a symbolic link
+is written through (its target is replaced, the link stays).
+
+Reads open only regular files (a FIFO or a device is refused at once), check
+the magic bytes and the declared size against the file's size before reading
+the rest, and never read more than the checkpoint's declared size.
 """
 
 from __future__ import annotations
@@ -39,50 +59,22 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
-import secrets
-import struct
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from fnn import _checkpoint_format as fmt
+from fnn import _fileio
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_header", "save"]
 
 PyTree = Any
 
-FORMAT_VERSION = 1
-MAGIC = b"\x89FNNCKPT"
-_PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, H, P
-_DIGEST_SIZE = 32  # SHA-256
-_ALIGN = 64
-_DTYPES = frozenset(
-    (
-        "bool",
-        *(f"int{b}" for b in (8, 16, 32, 64)),
-        *(f"uint{b}" for b in (8, 16, 32, 64)),
-        "float16",
-        "bfloat16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-        "float8_e4m3fn",
-        "float8_e5m2",
-    )
-)
-_SCALARS = {bool: "bool", int: "int", float: "float"}
-_SCALAR_DTYPES = {"bool": "bool", "int": "int64", "float": "float64"}
-_KINDS = {
-    "array": "an array",
-    "key": "a typed PRNG key array",
-    "bool": "a Python bool",
-    "int": "a Python int",
-    "float": "a Python float",
-}
+FORMAT_VERSION = fmt.FORMAT_VERSION
+MAGIC = fmt.MAGIC
 
 
 class CheckpointError(ValueError):
@@ -96,10 +88,6 @@ def _fnn_version() -> str:
         return "unknown"
 
 
-def _pad(n: int) -> int:
-    return -n % _ALIGN
-
-
 def _path_str(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
@@ -109,57 +97,15 @@ def _path_str(path) -> str:
 # --------------------------------------------------------------------------
 
 
-def _encode_leaf(path: str, leaf) -> tuple[dict, np.ndarray]:
-    """Returns a leaf's header record and the array whose bytes are stored."""
-    kind = _SCALARS.get(type(leaf))
-    if kind is not None:
-        try:
-            data = np.asarray(leaf, dtype=_SCALAR_DTYPES[kind])
-        except OverflowError as e:
-            raise TypeError(
-                f"checkpoint.save: leaf {path} = {leaf} does not fit in int64"
-            ) from e
-        return {"kind": kind, "dtype": kind, "shape": []}, data
-    dtype = getattr(leaf, "dtype", None)
-    if isinstance(leaf, jax.core.Tracer):
-        raise TypeError(
-            f"checkpoint.save: leaf {path} is a tracer; call save outside jit/grad"
-        )
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        data = np.asarray(jax.random.key_data(leaf))
-        record = {
-            "kind": "key",
-            "dtype": str(dtype),
-            "shape": list(leaf.shape),
-            "impl": str(jax.random.key_impl(leaf)),
-            "data_dtype": data.dtype.name,
-            "data_shape": list(data.shape),
-        }
-        return record, data
-    if not isinstance(leaf, jax.Array | np.ndarray | np.generic):
-        raise TypeError(
-            f"checkpoint.save: leaf {path} is a {type(leaf).__name__}; leaves must "
-            "be arrays, typed PRNG keys or Python bool/int/float"
-        )
-    data = np.asarray(leaf)
-    if data.dtype.name not in _DTYPES:
-        raise TypeError(
-            f"checkpoint.save: leaf {path} has unsupported dtype {data.dtype}"
-        )
-    return {"kind": "array", "dtype": data.dtype.name, "shape": list(data.shape)}, data
-
-
-def _little_endian(data: np.ndarray) -> np.ndarray:
-    big = data.dtype.byteorder == ">" or (
-        data.dtype.byteorder == "=" and not np.little_endian
-    )
-    return np.ascontiguousarray(
-        data.astype(data.dtype.newbyteorder("<")) if big else data
-    )
-
-
 def save(path: str | os.PathLike, tree: PyTree) -> None:
     """Saves a pytree of arrays to ``path``, atomically.
+
+    The file is written under a temporary name beside the target, fsynced and
+    renamed over it, so ``path`` always holds the old checkpoint or the new
+    one, whole. Temporaries left by earlier saves of ``path`` that were killed
+    mid-write (their process is gone) are removed first. An existing file's
+    permission bits are kept. If ``path`` is a symbolic link, the file it
+    points to is replaced and the link stays.
 
     Args:
       path: the file to write (replaced if it exists; its folder must exist).
@@ -171,18 +117,26 @@ def save(path: str | os.PathLike, tree: PyTree) -> None:
     Raises:
       TypeError: a leaf of another kind (a string, an object, a tracer),
         named by its key path; nothing is written.
+      OSError: the folder is missing or not writable; nothing is written.
+
+    Example:
+      >>> import tempfile, pathlib, jax.numpy as jnp
+      >>> from fnn import checkpoint
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.fnn"
+      >>> checkpoint.save(path, {"w": jnp.ones(2), "step": 3})
+      >>> checkpoint.load(path, {"w": jnp.zeros(2), "step": 0})["step"]
+      3
     """
-    path = Path(path)
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
     records, arrays, offset = [], [], 0
     for key_path, leaf in leaves_with_paths:
         name = _path_str(key_path)
-        record, data = _encode_leaf(name, leaf)
-        data = _little_endian(data)
+        record, data = fmt.encode_leaf(name, leaf)
+        data = fmt.little_endian(data)
         record.update(path=name, offset=offset, nbytes=data.nbytes)
         records.append(record)
         arrays.append(data)
-        offset += data.nbytes + _pad(data.nbytes)
+        offset += data.nbytes + fmt.pad(data.nbytes)
     header = {
         "format": "fnn.checkpoint",
         "format_version": FORMAT_VERSION,
@@ -191,42 +145,23 @@ def save(path: str | os.PathLike, tree: PyTree) -> None:
         "leaves": records,
     }
     head = json.dumps(header, indent=None).encode()
-    head += b" " * _pad(_PREAMBLE.size + len(head))
-    hasher = hashlib.sha256()
+    head += b" " * fmt.pad(fmt.PREAMBLE.size + len(head))
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
+    def write(f) -> None:
+        hasher = hashlib.sha256()
 
-            def write(chunk) -> None:
-                hasher.update(chunk)
-                f.write(chunk)
+        def put(chunk) -> None:
+            hasher.update(chunk)
+            f.write(chunk)
 
-            write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(head), offset))
-            write(head)
-            for data in arrays:
-                write(memoryview(data.reshape(-1).view(np.uint8)))
-                write(b"\0" * _pad(data.nbytes))
-            f.write(hasher.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        put(fmt.PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(head), offset))
+        put(head)
+        for data in arrays:
+            put(memoryview(data.reshape(-1).view(np.uint8)))
+            put(b"\0" * fmt.pad(data.nbytes))
+        f.write(hasher.digest())
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    _fileio.write_atomic(path, write)
 
 
 # --------------------------------------------------------------------------
@@ -234,165 +169,234 @@ def _fsync_dir(folder: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _read(path: Path) -> tuple[dict, memoryview]:
+def _read(path: str | os.PathLike) -> tuple[dict, memoryview]:
     """Reads and verifies a checkpoint file: its header and its payload."""
-    where = f"{str(path)!r}"
-    blob = path.read_bytes()
-    if len(blob) < _PREAMBLE.size or blob[:8] != MAGIC:
-        raise CheckpointError(
-            f"checkpoint: {where} is not an fnn checkpoint (no {MAGIC!r} magic)"
-        )
-    _, version, _, head_len, payload_len = _PREAMBLE.unpack_from(blob)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint: {where} has format version {version}; this fnn reads up "
-            f"to {FORMAT_VERSION}: upgrade fnn"
-        )
-    size = _PREAMBLE.size + head_len + payload_len + _DIGEST_SIZE
-    if len(blob) != size:
-        what = "truncated" if len(blob) < size else "has trailing bytes"
-        raise CheckpointError(
-            f"checkpoint: {where} is {what}: its preamble promises {size} bytes, "
-            f"the file has {len(blob)}"
-        )
-    body = memoryview(blob)[: size - _DIGEST_SIZE]
-    if hashlib.sha256(body).digest() != blob[size - _DIGEST_SIZE :]:
-        raise CheckpointError(f"checkpoint: {where} is corrupted (SHA-256 mismatch)")
+    where = repr(os.fspath(path))
+
+    def check(first: bytes, size: int) -> int:
+        try:
+            return fmt.check_preamble(first, size)
+        except fmt.FormatError as e:
+            raise CheckpointError(f"checkpoint: {where} {e}") from None
+
     try:
-        header = json.loads(bytes(body[_PREAMBLE.size : _PREAMBLE.size + head_len]))
-        if header["format"] != "fnn.checkpoint" or not isinstance(
-            header["leaves"], list
-        ):
-            raise ValueError("not an fnn.checkpoint header")
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint: {where} has an invalid header: {e}") from e
-    return header, body[_PREAMBLE.size + head_len :]
+        blob = _fileio.read_regular(path, check, head=fmt.PREAMBLE.size)
+        return fmt.parse(blob)
+    except fmt.FormatError as e:
+        raise CheckpointError(f"checkpoint: {where} {e}") from None
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CheckpointError(f"checkpoint: cannot read {where}: {e}") from e
 
 
 def read_header(path: str | os.PathLike) -> dict:
     """The verified JSON header of a checkpoint (metadata, leaf paths, shapes).
 
+    Args:
+      path: the checkpoint file.
+
+    Returns:
+      The header: ``format``, ``format_version``, ``fnn_version``,
+      ``treedef`` and ``leaves`` (one record per leaf), every field checked.
+
     Raises:
-      CheckpointError: the file is truncated, corrupt or not a checkpoint.
+      CheckpointError: the file is truncated, corrupt, not a regular file or
+        not a checkpoint, or a field of its header is invalid.
+      FileNotFoundError: there is no such file.
     """
-    return _read(Path(path))[0]
+    return _read(path)[0]
 
 
 def _like_spec(leaf) -> tuple[str, str, tuple[int, ...]]:
     """(kind, dtype, shape) of a ``like`` leaf."""
-    kind = _SCALARS.get(type(leaf))
+    kind = fmt.SCALARS.get(type(leaf))
     if kind is not None:
         return kind, kind, ()
     dtype = getattr(leaf, "dtype", None)
     if dtype is None:
         dtype = np.asarray(leaf).dtype
     shape = tuple(np.shape(leaf))
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    if jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         return "key", str(dtype), shape
     return "array", np.dtype(dtype).name, shape
 
 
-def _decode_leaf(record: dict, payload: memoryview, name: str):
-    kind = record["kind"]
-    shape = tuple(int(d) for d in record["shape"])
-    start, nbytes = int(record["offset"]), int(record["nbytes"])
-    if start < 0 or nbytes < 0 or start + nbytes > len(payload):
-        raise ValueError(f"leaf {name} lies outside the payload")
-    if kind == "key":
-        data_dtype, data_shape = record["data_dtype"], record["data_shape"]
-    elif kind in _SCALAR_DTYPES:
-        data_dtype, data_shape = _SCALAR_DTYPES[kind], shape
-    else:
-        data_dtype, data_shape = record["dtype"], shape
-    if data_dtype not in _DTYPES:
-        raise ValueError(f"leaf {name} has unsupported dtype {data_dtype!r}")
-    native = jnp.dtype(data_dtype)
-    stored = native if np.little_endian else native.newbyteorder("<")
-    data_shape = tuple(int(d) for d in data_shape)
-    count = math.prod(data_shape)
-    if count * native.itemsize != nbytes:
-        raise ValueError(f"leaf {name}: {nbytes} bytes do not make {data_shape}")
-    data = np.frombuffer(payload, stored, count, start).reshape(data_shape)
-    data = data.astype(native)  # a copy: the file's buffer is not kept alive
-    if kind == "key":
-        return jax.random.wrap_key_data(data, impl=record["impl"])
-    if kind in _SCALAR_DTYPES:
-        return {"bool": bool, "int": int, "float": float}[kind](data.item())
-    return jnp.asarray(data)
+def _check_leaf(record: dict, like_leaf, name: str, where: str) -> None:
+    """Raises CheckpointError if a saved record does not fit a like leaf."""
+    saved = (record["kind"], record["dtype"], tuple(record["shape"]))
+    wanted = _like_spec(like_leaf)
+    if saved[0] != wanted[0]:
+        hint = (
+            " (jax.eval_shape turns Python scalars into arrays: put the scalar "
+            "itself in like)"
+            if saved[0] in fmt.SCALARS.values()
+            else ""
+        )
+        raise CheckpointError(
+            f"checkpoint.load: leaf {name} is {fmt.KINDS[saved[0]]} "
+            f"in {where} but {fmt.KINDS[wanted[0]]} in like{hint}"
+        )
+    for field, a, b in zip(("dtype", "shape"), saved[1:], wanted[1:], strict=True):
+        if a != b:
+            raise CheckpointError(
+                f"checkpoint.load: leaf {name} has {field} {a} in {where} but "
+                f"{b} in like"
+            )
 
 
-def load(path: str | os.PathLike, like: PyTree) -> PyTree:
-    """Loads a checkpoint written by :func:`save` into the structure of ``like``.
+_KEY_ENTRIES = (
+    jax.tree_util.SequenceKey,
+    jax.tree_util.DictKey,
+    jax.tree_util.GetAttrKey,
+    jax.tree_util.FlattenedIndexKey,
+)
 
-    Args:
-      path: the checkpoint file.
-      like: a pytree with the saved tree's structure; its leaves may be arrays,
-        ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``), typed keys or
-        Python scalars. Leaves are compared in order by key path, kind (array,
-        key, bool/int/float), dtype and shape.
 
-    Returns:
-      A pytree with ``like``'s structure: JAX arrays for array and key leaves,
-      Python scalars where ``like`` has Python scalars.
+def _prefix_str(prefix) -> str:
+    """A key-path prefix as ``jax.tree_util.keystr`` writes it."""
+    if isinstance(prefix, str):
+        if prefix and prefix[0] not in "[.":
+            raise ValueError(
+                f"checkpoint.load: prefix {prefix!r} is not a key path as "
+                'jax.tree_util.keystr writes it, e.g. "[0]" or "[\'params\']"'
+            )
+        return prefix
+    if not isinstance(prefix, tuple | list):
+        raise TypeError(
+            'checkpoint.load: prefix must be a key-path string such as "[0]" '
+            f"or a tuple of keys such as (0, 'w'), got {prefix!r}"
+        )
+    parts = []
+    for key in prefix:
+        if isinstance(key, _KEY_ENTRIES):
+            parts.append(jax.tree_util.keystr((key,)))
+        elif isinstance(key, int | str) and not isinstance(key, bool):
+            parts.append(f"[{key!r}]")
+        else:
+            raise TypeError(
+                "checkpoint.load: prefix entries must be ints, strings or jax "
+                f"key entries, got {key!r}"
+            )
+    return "".join(parts)
 
-    Raises:
-      CheckpointError: naming the file — it is truncated, corrupted or not an
-        fnn checkpoint; or naming the first leaf (by key path) whose path,
-        kind, dtype or shape differs from ``like``'s.
-    """
-    path = Path(path)
-    where = f"{str(path)!r}"
-    header, payload = _read(path)
-    records = header["leaves"]
-    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    out = []
-    for i, (key_path, like_leaf) in enumerate(like_leaves):
-        name = _path_str(key_path)
+
+_PARTIAL = " (to load part of a checkpoint, pass strict=False and maybe prefix=)"
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether key path ``path`` lies in the subtree at key path ``prefix``."""
+    rest = path[len(prefix) :]
+    return path.startswith(prefix) and (not rest or rest[0] in "[.")
+
+
+def _select(records: list, like_leaves: list, prefix: str, strict: bool, where):
+    """The record for each like leaf, in like's order."""
+    names = [prefix + jax.tree_util.keystr(p) or "<root>" for p, _ in like_leaves]
+    if prefix:
+        records = [r for r in records if _under(r["path"], prefix)]
+        if not records and names:
+            raise CheckpointError(
+                f"checkpoint.load: {where} has no leaves under prefix {prefix!r}"
+            )
+    if not strict:
+        by_path = {r["path"]: r for r in records}
+        for name in names:
+            if name not in by_path:
+                shown = ", ".join(r["path"] for r in records[:8])
+                raise CheckpointError(
+                    f"checkpoint.load: leaf {name} of like is not in {where}, "
+                    f"whose leaves{' under ' + repr(prefix) if prefix else ''} "
+                    f"are {shown}{', ...' if len(records) > 8 else ''}"
+                )
+        return [by_path[name] for name in names]
+    for i, name in enumerate(names):
         if i >= len(records):
             raise CheckpointError(
                 f"checkpoint.load: leaf {name} of like is missing from {where}, "
-                f"which has {len(records)} leaves to like's {len(like_leaves)}"
+                f"which has {len(records)} leaves to like's {len(names)}"
             )
-        try:
-            record = records[i]
-            saved = (record["kind"], record["dtype"], tuple(record["shape"]))
-            saved_name = record["path"]
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint: {where} has an invalid header") from e
-        if saved_name != name:
+        if records[i]["path"] != name:
             raise CheckpointError(
-                f"checkpoint.load: tree structures differ: leaf #{i} is {saved_name} "
-                f"in {where} but {name} in like"
+                f"checkpoint.load: tree structures differ: leaf #{i} is "
+                f"{records[i]['path']} in {where} but {name} in like{_PARTIAL}"
             )
-        wanted = _like_spec(like_leaf)
-        if saved[0] != wanted[0]:
-            hint = (
-                " (jax.eval_shape turns Python scalars into arrays: put the scalar "
-                "itself in like)"
-                if saved[0] in _SCALARS.values()
-                else ""
-            )
-            raise CheckpointError(
-                f"checkpoint.load: leaf {name} is {_KINDS.get(saved[0], saved[0])} "
-                f"in {where} but {_KINDS[wanted[0]]} in like{hint}"
-            )
-        for field, a, b in zip(("dtype", "shape"), saved[1:], wanted[1:], strict=True):
-            if a != b:
-                raise CheckpointError(
-                    f"checkpoint.load: leaf {name} has {field} {a} in {where} but "
-                    f"{b} in like"
-                )
-        try:
-            out.append(_decode_leaf(record, payload, name))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"checkpoint: {where} has an invalid header: {e}"
-            ) from e
-    if len(records) > len(like_leaves):
-        extra = records[len(like_leaves)]
-        extra = extra.get("path") if isinstance(extra, dict) else extra
+    if len(records) > len(names):
         raise CheckpointError(
             f"checkpoint.load: tree structures differ: {where} has {len(records)} "
-            f"leaves but like has {len(like_leaves)}; the first extra one is {extra}"
+            f"leaves but like has {len(names)}; the first extra one is "
+            f"{records[len(names)]['path']}{_PARTIAL}"
         )
+    return records
+
+
+def load(
+    path: str | os.PathLike,
+    like: PyTree,
+    *,
+    prefix: str | Sequence = "",
+    strict: bool = True,
+) -> PyTree:
+    """Loads a checkpoint written by :func:`save` into the structure of ``like``.
+
+    Every field of the file is validated first (a damaged file, or a header
+    whose fields contradict each other or the layout ``save`` writes, is a
+    :class:`CheckpointError`); then each leaf of ``like``
+    is matched with a saved leaf by key path and compared by kind (array, key,
+    bool/int/float), dtype and shape — the same checks with or without
+    ``prefix`` and ``strict``.
+
+    Part of a checkpoint loads into part of a model (transfer learning) with
+    ``prefix`` and ``strict=False``. With ``(params, state, opt_state)`` saved
+    from a ``serial`` model, its trained body (every layer but the last) goes
+    into a new model whose head differs::
+
+        params, state = new_model.init(key, input_shape)[1:]
+        body = checkpoint.load(path, params[:-1], prefix="[0]", strict=False)
+        params = (*body, params[-1])
+
+    Args:
+      path: the checkpoint file (a regular file; a FIFO or device is refused
+        without reading).
+      like: a pytree with the structure to load; its leaves may be arrays,
+        ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``), typed keys or
+        Python scalars.
+      prefix: the key path, in the file, of the subtree ``like`` describes: a
+        string as ``jax.tree_util.keystr`` writes it (``"[0]"``, ``"[0][2]"``,
+        ``"['params']"``) or a tuple of keys (``(0,)``, ``("params", 2)``).
+        A leaf of ``like`` at key path ``p`` is the saved leaf ``prefix + p``.
+        Default ``""``: ``like`` describes the whole saved tree.
+      strict: if True, the saved leaves under ``prefix`` must be exactly
+        ``like``'s, in order; if False, ``like`` may hold only some of them
+        (each one it holds must be there), and the others are skipped.
+
+    Returns:
+      A pytree with ``like``'s structure: Python scalars where the file has
+      Python scalars, typed key arrays for keys, JAX arrays for arrays —
+      except arrays of a dtype that JAX cannot hold exactly in the current
+      mode (``int64``, ``uint64``, ``float64``, ``complex128`` while
+      ``jax_enable_x64`` is off), which come back as NumPy arrays holding the
+      saved values, never narrowed to 32 bits.
+
+    Raises:
+      CheckpointError: naming the file — it is truncated, corrupted, not a
+        regular file, not an fnn checkpoint, or a header field is invalid;
+        or naming the first leaf (by key path) that is missing, extra, or
+        whose kind, dtype or shape differs from ``like``'s.
+      TypeError: ``prefix`` is neither a string nor a tuple of keys, or
+        ``strict`` is not a bool.
+      ValueError: a ``prefix`` string that is not a key path.
+      FileNotFoundError: there is no such file.
+    """
+    where = repr(os.fspath(path))
+    if not isinstance(strict, bool):
+        raise TypeError(f"checkpoint.load: strict must be a bool, got {strict!r}")
+    prefix = _prefix_str(prefix)
+    header, payload = _read(path)
+    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    records = _select(header["leaves"], like_leaves, prefix, strict, where)
+    out = []
+    for record, (_, like_leaf) in zip(records, like_leaves):
+        _check_leaf(record, like_leaf, record["path"], where)
+        out.append(fmt.decode_leaf(record, payload))
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -2,7 +2,8 @@
 
 ``serial`` chains layers; ``fan_out`` copies one input to several branches,
 ``parallel`` runs one layer per branch, ``fan_in_sum`` and ``fan_in_concat``
-merge branches; ``residual`` adds a skip connection around its layers.
+merge branches. ``residual`` (a skip connection around its layers) is in
+:mod:`fnn.residual`.
 
 Backward passes follow the chain rule in reverse order. Where one value
 feeds several consumers (``fan_out``, the skip of ``residual``), the
@@ -14,18 +15,39 @@ per-example shapes and ``x`` a tuple of batched arrays.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
-from fnn.protocol import Layer, ShapeError, check_positive_int, check_shape, is_shape
+from fnn.protocol import (
+    BATCH_AXIS_HINT,
+    Layer,
+    ShapeError,
+    batch_axis_hint,
+    check_key,
+    check_leaves,
+    check_positive_int,
+    check_shape,
+    is_shape,
+    layer_name,
+    per_example_shape,
+    shape_carrier,
+)
 
 
-def _split_key(key, n):
-    # Under jit a split whose keys no layer uses is dead code: free.
-    return (None,) * n if key is None else tuple(jax.random.split(key, n))
+def split_key(name, key, n):
+    """``n`` keys for a combinator's children, or ``n`` ``None``s for none.
+
+    Under jit a split whose keys no layer uses is dead code: free.
+    """
+    if key is None:
+        return (None,) * n
+    return tuple(jax.random.split(check_key(name, key), n))
 
 
-def _check_layers(name, layers) -> tuple[Layer, ...]:
+def check_layers(name, layers) -> tuple[Layer, ...]:
+    """Checks a combinator's arguments are layers, naming an uncalled one."""
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             hint = ""
@@ -40,7 +62,7 @@ def _tuple_of_shapes(name, shapes, n=None):
         raise ShapeError(f"{name}: expected a tuple of input shapes, got {shapes!r}")
     if n is not None and len(shapes) != n:
         raise ShapeError(f"{name}: expected {n} inputs, got {len(shapes)}: {shapes}")
-    return tuple(tuple(s) for s in shapes)
+    return tuple(tuple(int(d) for d in s) for s in shapes)
 
 
 def _check_tuple_input(name, x, n=None):
@@ -64,19 +86,42 @@ def _check_entries(name, params, state, n):
             )
 
 
+def _no_params(name, params, state):
+    check_leaves(name, "params", params, ())
+    check_leaves(name, "state", state, ())
+
+
+def _with_hint(error: ShapeError, hint: str) -> ShapeError:
+    if not hint or BATCH_AXIS_HINT in str(error):
+        return error
+    return ShapeError(f"{error}; {hint}")
+
+
 def serial(*layers: Layer) -> Layer:
     """Chains layers: ``serial(f, g, h)(x) = h(g(f(x)))``.
 
-    Parameters and state: tuples with one entry per layer, so gradient
-    reports name leaves like ``[2]['w']``. Backward calls each layer's
-    backward from last to first, passing ``dx`` of one as ``dy`` of the next.
-    """
-    layers = _check_layers("serial", layers)
-    name = "serial(" + ", ".join(layer.name for layer in layers) + ")"
+    Per example: the first layer's input shape to the last one's output.
 
-    def init(key, input_shape):
+    Args:
+      *layers: the layers, applied first to last.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` whose params and state are tuples with
+      one entry per layer, so gradient reports name leaves like
+      ``[2]['w']``. A shape error inside names the layer's index; when the
+      params were built by ``init(key, x.shape)`` (with the batch axis), it
+      says so.
+
+    Backward: each layer's backward from last to first, ``dx`` of one
+    becoming ``dy`` of the next.
+    """
+    layers = check_layers("serial", layers)
+    name = layer_name("serial", layers)
+
+    def init_all(key, input_shape):
         params, state, shape = [], [], input_shape
-        for i, (layer, k) in enumerate(zip(layers, _split_key(key, len(layers)))):
+        keys = split_key(name, key, len(layers))
+        for i, (layer, k) in enumerate(zip(layers, keys)):
             try:
                 shape, p, s = layer.init(k, shape)
             except ShapeError as e:
@@ -85,15 +130,30 @@ def serial(*layers: Layer) -> Layer:
             state.append(s)
         return shape, tuple(params), tuple(state)
 
+    def init(key, input_shape):
+        check_key(name, key)
+        try:
+            return init_all(key, input_shape)
+        except ShapeError as e:  # the error path only: is it the batch axis?
+            hint = ""
+            if isinstance(input_shape, tuple) and is_shape(input_shape[1:]):
+                try:
+                    jax.eval_shape(lambda k: init_all(k, input_shape[1:]), key)
+                    hint = f"init works for {input_shape[1:]}: {BATCH_AXIS_HINT}"
+                except (ShapeError, ValueError, TypeError):
+                    pass
+            raise _with_hint(e, hint) from None
+
     def forward(params, state, x, *, key=None, train=False):
         _check_entries(name, params, state, len(layers))
-        new_state, caches = [], []
-        keys = _split_key(key, len(layers))
+        new_state, caches, x0 = [], [], x
+        keys = split_key(name, key, len(layers))
         for i, (layer, p, s, k) in enumerate(zip(layers, params, state, keys)):
             try:
                 x, s, cache = layer.forward(p, s, x, key=k, train=train)
             except ShapeError as e:
-                raise ShapeError(f"serial layer [{i}] {e}") from None
+                hint = batch_axis_hint(model, params, state, per_example_shape(x0))
+                raise _with_hint(ShapeError(f"serial layer [{i}] {e}"), hint) from None
             new_state.append(s)
             caches.append(cache)
         return x, tuple(new_state), tuple(caches)
@@ -104,28 +164,39 @@ def serial(*layers: Layer) -> Layer:
             dparams[i], dy = layers[i].backward(params[i], caches[i], dy)
         return tuple(dparams), dy
 
-    return Layer(init, forward, backward, name, layers)
+    model = Layer(init, forward, backward, name, layers, kind="serial")
+    return model
 
 
 def parallel(*layers: Layer) -> Layer:
-    """Runs layer ``i`` on input ``i``: ``(x1, ..., xn) -> (f1(x1), ..., fn(xn))``."""
-    layers = _check_layers("parallel", layers)
-    name = "parallel(" + ", ".join(layer.name for layer in layers) + ")"
+    """Runs layer ``i`` on input ``i``: ``(x1, ..., xn) -> (f1(x1), ..., fn(xn))``.
+
+    Args:
+      *layers: one layer per input.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` over tuples of inputs, with params and
+      state tuples of one entry per layer.
+
+    Backward: each branch's own, ``dx_i = backward_i(dy_i)``.
+    """
+    layers = check_layers("parallel", layers)
+    name = layer_name("parallel", layers)
     n = len(layers)
 
     def init(key, input_shape):
         shapes = _tuple_of_shapes(name, input_shape, n)
-        out = [
-            layer.init(k, s) for layer, k, s in zip(layers, _split_key(key, n), shapes)
-        ]
+        keys = split_key(name, key, n)
+        out = [layer.init(k, s) for layer, k, s in zip(layers, keys, shapes)]
         return tuple(zip(*out)) if out else ((), (), ())
 
     def forward(params, state, x, *, key=None, train=False):
         _check_tuple_input(name, x, n)
         _check_entries(name, params, state, n)
+        keys = split_key(name, key, n)
         out = [
             layer.forward(p, s, xi, key=k, train=train)
-            for layer, p, s, xi, k in zip(layers, params, state, x, _split_key(key, n))
+            for layer, p, s, xi, k in zip(layers, params, state, x, keys)
         ]
         ys, new_state, caches = zip(*out) if out else ((), (), ())
         return tuple(ys), tuple(new_state), tuple(caches)
@@ -144,15 +215,22 @@ def parallel(*layers: Layer) -> Layer:
 def fan_out(num: int) -> Layer:
     """Copies the input to ``num`` branches: ``x -> (x, ..., x)``.
 
+    Args:
+      num: the number of copies, a positive int.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` without params or state.
+
     Backward: the branches' cotangents add up, ``dx = sum_i dy_i``.
     """
     num = check_positive_int("fan_out", "num", num)
-    name = f"fan_out({num})"
+    name = layer_name("fan_out", (num,))
 
     def init(key, input_shape):
         return (check_shape(name, input_shape),) * num, (), ()
 
     def forward(params, state, x, *, key=None, train=False):
+        _no_params(name, params, state)
         return (x,) * num, state, ()
 
     def backward(params, cache, dy):
@@ -168,6 +246,9 @@ def fan_out(num: int) -> Layer:
 def fan_in_sum() -> Layer:
     """Adds its inputs: ``(x1, ..., xn) -> x1 + ... + xn`` (equal shapes).
 
+    Returns:
+      A :class:`~fnn.protocol.Layer` without params or state.
+
     Backward: every input receives the output's cotangent, ``dx_i = dy``.
     """
     name = "fan_in_sum()"
@@ -179,6 +260,7 @@ def fan_in_sum() -> Layer:
         return shapes[0], (), ()
 
     def forward(params, state, x, *, key=None, train=False):
+        _no_params(name, params, state)
         _check_tuple_input(name, x)
         shapes = [tuple(xi.shape) for xi in x]
         if len(set(shapes)) != 1:
@@ -187,7 +269,7 @@ def fan_in_sum() -> Layer:
         for xi in x[1:]:
             y = y + xi
         # One zero-size carrier per input: the cache says how many there are.
-        return y, state, tuple(jnp.zeros((0,), xi.dtype) for xi in x)
+        return y, state, tuple(shape_carrier(xi, axes=()) for xi in x)
 
     def backward(params, carriers, dy):
         return (), tuple(dy for _ in carriers)
@@ -198,9 +280,19 @@ def fan_in_sum() -> Layer:
 def fan_in_concat(axis: int = -1) -> Layer:
     """Concatenates its inputs along a per-example ``axis`` (default: features).
 
+    Args:
+      axis: the per-example axis (no batch axis counted); negative counts
+        from the end.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` without params or state.
+
     Backward: ``dy`` is split back at the inputs' sizes along that axis.
     """
-    name = f"fan_in_concat(axis={axis})"
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"fan_in_concat: axis must be an int, got {axis!r}")
+    axis = int(axis)
+    name = layer_name("fan_in_concat", (), [("axis", axis, -1)])
 
     def per_example_axis(rank):
         a = axis if axis >= 0 else rank + axis
@@ -208,20 +300,26 @@ def fan_in_concat(axis: int = -1) -> Layer:
             raise ShapeError(f"{name}: axis out of range for inputs of rank {rank}")
         return a
 
-    def init(key, input_shape):
-        shapes = _tuple_of_shapes(name, input_shape)
+    def concat_shape(shapes):
         a = per_example_axis(len(shapes[0]))
         rest = {s[:a] + s[a + 1 :] for s in shapes}
         if len(rest) != 1 or len({len(s) for s in shapes}) != 1:
             raise ShapeError(f"{name}: inputs differ off the concat axis: {shapes}")
         out = list(shapes[0])
         out[a] = sum(s[a] for s in shapes)
-        return tuple(out), (), ()
+        return tuple(out)
+
+    def init(key, input_shape):
+        return concat_shape(_tuple_of_shapes(name, input_shape)), (), ()
 
     def forward(params, state, x, *, key=None, train=False):
+        _no_params(name, params, state)
         _check_tuple_input(name, x)
+        concat_shape(per_example_shape(tuple(x)))
+        if len({xi.shape[0] for xi in x}) != 1:
+            raise ShapeError(f"{name}: inputs of different batch sizes")
         a = per_example_axis(x[0].ndim - 1) + 1
-        carriers = tuple(jnp.zeros((0, xi.shape[a]), xi.dtype) for xi in x)
+        carriers = tuple(shape_carrier(xi, axes=(a,)) for xi in x)
         return jnp.concatenate(x, axis=a), state, carriers
 
     def backward(params, carriers, dy):
@@ -233,99 +331,3 @@ def fan_in_concat(axis: int = -1) -> Layer:
         return (), tuple(jnp.split(dy, offsets, axis=a))
 
     return Layer(init, forward, backward, name)
-
-
-def residual(*layers: Layer) -> Layer:
-    """A skip connection: ``y = x + f(x)`` with ``f = serial(*layers)``.
-
-    ``f`` must keep the shape. Backward: the skip passes ``dy`` straight
-    through and adds it to ``f``'s input cotangent, ``dx = dy + df/dx^T dy``,
-    which is why deep residual networks do not vanish their gradients.
-    """
-    inner = layers[0] if len(layers) == 1 else serial(*layers)
-    _check_layers("residual", (inner,))
-    name = f"residual({inner.name})"
-
-    def init(key, input_shape):
-        input_shape = check_shape(name, input_shape)
-        out, params, state = inner.init(key, input_shape)
-        if out != input_shape:
-            raise ShapeError(
-                f"{name}: the inner layers map {input_shape} to {out}; a skip "
-                "connection needs them to keep the shape"
-            )
-        return out, params, state
-
-    def forward(params, state, x, *, key=None, train=False):
-        fx, new_state, cache = inner.forward(params, state, x, key=key, train=train)
-        return x + fx, new_state, cache
-
-    def backward(params, cache, dy):
-        dparams, dx = inner.backward(params, cache, dy)
-        return dparams, dy + dx
-
-    return Layer(init, forward, backward, name, (inner,))
-
-
-# --------------------------------------------------------------------------
-# summary
-
-
-def _count(tree) -> int:
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
-
-
-def _shapes_of(layer, input_shape):
-    """``(output_shape, params_count)`` of ``layer`` without allocating params."""
-    box = {}
-
-    def run(key):
-        shape, params, state = layer.init(key, input_shape)
-        box["shape"] = shape
-        return params
-
-    params = jax.eval_shape(run, jax.random.key(0))
-    return box["shape"], _count(params)
-
-
-def _children(layer):
-    """``(label, children)`` for the blocks that summary expands."""
-    if layer.name.startswith("serial("):
-        return "serial", layer.layers
-    if layer.name.startswith("residual("):
-        inner = layer.layers[0]
-        return "residual", inner.layers if inner.name.startswith("serial(") else (
-            inner,
-        )
-    return None, ()
-
-
-def _rows(layer, input_shape, depth):
-    out_shape, count = _shapes_of(layer, input_shape)
-    label, children = _children(layer)
-    rows = [(depth, label or layer.name, out_shape, count)]
-    shape = input_shape
-    for child in children:
-        child_rows, shape = _rows(child, shape, depth + 1)
-        rows += child_rows
-    return rows, out_shape
-
-
-def summary(model: Layer, input_shape) -> str:
-    """A table of the model's layers, output shapes and parameter counts.
-
-    ``serial`` and ``residual`` blocks are expanded, one row per child;
-    shapes are per example (no batch axis). Nothing is allocated: shapes come
-    from ``jax.eval_shape`` of ``init``.
-    """
-    rows, _ = _rows(model, input_shape, 0)
-    header = ("layer", "output shape", "params")
-    table = [("  " * d + n, str(s), f"{c:,}") for d, n, s, c in rows]
-    w0 = max(len(header[0]), *(len(r[0]) for r in table))
-    w1 = max(len(header[1]), *(len(r[1]) for r in table))
-    w2 = max(len(header[2]), *(len(r[2]) for r in table))
-    line = "-" * (w0 + w1 + w2 + 4)
-    lines = [f"{header[0]:<{w0}}  {header[1]:<{w1}}  {header[2]:>{w2}}", line]
-    lines += [f"{a:<{w0}}  {b:<{w1}}  {c:>{w2}}" for a, b, c in table]
-    lines += [line, f"total parameters: {rows[0][3]:,}"]
-    return "\n".join(lines)

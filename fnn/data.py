@@ -10,8 +10,14 @@ labels int32 shaped ``(N,)``.
 - :func:`mnist` — MNIST from IDX files in a folder (``data_dir``,
   ``$FNN_DATA_DIR`` or the user cache), downloaded with checksum verification
   where they are missing and a network exists.
-- :func:`xor`, :func:`spirals` — tiny synthetic problems.
+  Files on disk are checked against the same MD5s on every load.
+- :func:`spirals` — a small synthetic problem, split like the image sets;
+  :func:`xor` — the four XOR points.
+- :func:`split` — a shuffled hold-out split, e.g. validation data out of the
+  training data.
 - :func:`batches` — shuffled minibatches over arrays.
+- :func:`memmap_batches` — shuffled minibatches read from ``.npy`` or IDX
+  files on disk, for data sets larger than memory.
 - :func:`read_idx` — the IDX file parser behind :func:`mnist`.
 """
 
@@ -19,21 +25,26 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
-import http.client
 import importlib.resources
 import io
-import math
-import os
-import secrets
-import urllib.error
-import urllib.request
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+import numbers
+from collections.abc import Iterator
 
 import jax
 import numpy as np
+
+from fnn._memmap import memmap_batches
+from fnn._mnist import (
+    IDX_IMAGES_MAGIC,  # noqa: F401 - re-exported
+    IDX_LABELS_MAGIC,  # noqa: F401 - re-exported
+    MNIST_CHECKSUMS,
+    MNIST_FILES,
+    MNIST_MIRRORS,
+    DownloadError,
+    Split,
+    mnist,
+    read_idx,
+)
 
 __all__ = [
     "MNIST_CHECKSUMS",
@@ -42,13 +53,18 @@ __all__ = [
     "DownloadError",
     "batches",
     "digits",
+    "memmap_batches",
     "mnist",
     "read_idx",
     "spirals",
+    "split",
     "xor",
 ]
-
-Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# Documented as members of this module (they live in fnn/_mnist.py and
+# fnn/_memmap.py).
+for _f in (DownloadError, memmap_batches, mnist, read_idx):
+    _f.__module__ = __name__
+del _f
 
 # --------------------------------------------------------------------------
 # digits
@@ -102,260 +118,6 @@ def digits() -> Split:
 
 
 # --------------------------------------------------------------------------
-# IDX files
-# --------------------------------------------------------------------------
-
-# IDX type byte -> big-endian element dtype (http://yann.lecun.com/exdb/mnist/).
-_IDX_DTYPES = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-IDX_IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dims (count, rows, cols)
-IDX_LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dim (count,)
-
-
-def _decompress(blob: bytes, name: str) -> bytes:
-    try:
-        return gzip.decompress(blob)
-    except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{name}: not a valid gzip stream ({e})") from e
-
-
-def read_idx(
-    source: str | os.PathLike | bytes | bytearray | memoryview,
-    *,
-    magic: int | None = None,
-) -> np.ndarray:
-    """Parses an IDX file (the MNIST format), gzip-compressed or raw.
-
-    Layout: a big-endian uint32 magic ``0x0000TTDD`` (``TT`` the element type,
-    ``0x08`` for uint8; ``DD`` the number of dimensions), one big-endian uint32
-    per dimension, then the elements in C order. Gzip compression is detected
-    from the content (its ``1f 8b`` signature), not from the file name.
-
-    Args:
-      source: a path, or the file's bytes.
-      magic: if given, the header's magic number must equal it
-        (``2051`` for MNIST images, ``2049`` for labels).
-
-    Returns:
-      A NumPy array in native byte order, of the shape the header gives
-      (uint8 for MNIST).
-
-    Raises:
-      ValueError: naming the file, when it is not valid gzip, not IDX, has a
-        different magic than ``magic``, or holds more or fewer payload bytes
-        than the header claims (a truncated download).
-    """
-    if isinstance(source, bytes | bytearray | memoryview):
-        name, blob = "<bytes>", bytes(source)
-    else:
-        name, blob = repr(os.fspath(source)), Path(source).read_bytes()
-    if blob[:2] == b"\x1f\x8b":
-        blob = _decompress(blob, name)
-    if len(blob) < 4:
-        raise ValueError(f"{name}: {len(blob)} bytes is too short for an IDX header")
-    zero, type_code, ndim = blob[:2], blob[2], blob[3]
-    found = int.from_bytes(blob[:4], "big")
-    if zero != b"\0\0" or type_code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{name}: not an IDX file (magic number {found:#010x})")
-    if magic is not None and found != magic:
-        raise ValueError(f"{name}: magic number {found} (expected {magic})")
-    header = 4 + 4 * ndim
-    if len(blob) < header:
-        raise ValueError(
-            f"{name}: truncated header: {ndim} dims need {header} bytes, "
-            f"file has {len(blob)}"
-        )
-    shape = tuple(
-        int.from_bytes(blob[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
-    )
-    dtype = _IDX_DTYPES[type_code]
-    expected = math.prod(shape) * dtype.itemsize
-    actual = len(blob) - header
-    if actual != expected:
-        what = "truncated" if actual < expected else "has trailing bytes"
-        raise ValueError(
-            f"{name}: {what}: header claims shape {shape}, i.e. {expected} payload "
-            f"bytes, but the file holds {actual} ({header + expected} bytes in "
-            f"all expected, {len(blob)} found)"
-        )
-    data = np.frombuffer(blob, dtype=dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
-
-
-# --------------------------------------------------------------------------
-# MNIST
-# --------------------------------------------------------------------------
-
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-# MD5 of the *uncompressed* files.
-MNIST_CHECKSUMS = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
-# Base URLs, tried in order; each serves ``<name>.gz``.
-MNIST_MIRRORS = (
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-)
-
-
-class DownloadError(OSError):
-    """No mirror delivered a file whose checksum verifies."""
-
-
-def _default_mnist_dir() -> Path:
-    env = os.environ.get("FNN_DATA_DIR")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "fnn" / "mnist"
-
-
-def _how_to_provide(folder: Path) -> str:
-    names = ", ".join(f"{n}[.gz]" for n in MNIST_FILES)
-    return (
-        f"Put the four MNIST IDX files ({names}) in {str(folder)!r}, set "
-        "FNN_DATA_DIR to a folder holding them, or pass mnist(data_dir=...)."
-    )
-
-
-def _write_atomic(target: Path, blob: bytes) -> None:
-    """Writes ``blob`` to ``target`` so that ``target`` is whole or absent."""
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _download(
-    name: str,
-    folder: Path,
-    mirrors: Sequence[str],
-    checksums: Mapping[str, str],
-    timeout: float,
-) -> Path:
-    if name not in checksums:
-        raise ValueError(f"mnist: no checksum given for {name!r}; refusing to fetch")
-    failures = []
-    for base in mirrors:
-        url = base.rstrip("/") + "/" + name + ".gz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                blob = response.read()
-            digest = hashlib.md5(_decompress(blob, url)).hexdigest()
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            failures.append(f"  {url}: {e}")
-            continue
-        if digest != checksums[name].lower():
-            failures.append(
-                f"  {url}: MD5 of the uncompressed file is {digest}, expected "
-                f"{checksums[name]}; refused"
-            )
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / (name + ".gz")
-        _write_atomic(target, blob)
-        return target
-    raise DownloadError(
-        f"mnist: could not download {name!r} from any mirror:\n"
-        + "\n".join(failures or ["  (no mirrors given)"])
-        + "\n"
-        + _how_to_provide(folder)
-    )
-
-
-def mnist(
-    data_dir: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-    mirrors: Sequence[str] = MNIST_MIRRORS,
-    checksums: Mapping[str, str] = MNIST_CHECKSUMS,
-    timeout: float = 60.0,
-) -> Split:
-    """MNIST handwritten digits: 60,000 train and 10,000 test images, 28x28.
-
-    The four IDX files (:data:`MNIST_FILES`, each raw or as ``<name>.gz``) are
-    read from one folder: ``data_dir`` if given, else ``$FNN_DATA_DIR``, else
-    ``$XDG_CACHE_HOME/fnn/mnist`` (``~/.cache/fnn/mnist``). Files missing
-    there are downloaded into that same folder (even when it came from
-    ``data_dir``) unless ``download=False``: each mirror in turn serves
-    ``<name>.gz``; the MD5 of the uncompressed content must equal
-    ``checksums[name]``, else the file is refused and nothing is written. A
-    verified file is written atomically (temporary file, fsync, rename), so the
-    folder never holds a partial download. Files already present are not
-    re-hashed, but are parsed strictly (magic numbers, dimensions, sizes).
-
-    Args:
-      data_dir: the folder holding (or to receive) the files.
-      download: fetch missing files; if False, a missing file raises
-        FileNotFoundError.
-      mirrors: base URLs, tried in order.
-      checksums: MD5 hex digests of the uncompressed files, by name.
-      timeout: seconds per network operation.
-
-    Returns:
-      ``((x_train, y_train), (x_test, y_test))``: images float32 of shape
-      ``(N, 28, 28, 1)`` with values ``pixel / 255`` in ``[0, 1]``; labels
-      int32 of shape ``(N,)`` in ``0..9``.
-
-    Raises:
-      ValueError: a file is corrupt or truncated, or images and labels
-        disagree in count.
-      DownloadError: a file is missing and no mirror delivered it intact.
-      FileNotFoundError: a file is missing and ``download=False``.
-    """
-    folder = Path(data_dir) if data_dir is not None else _default_mnist_dir()
-    if isinstance(mirrors, str):
-        mirrors = (mirrors,)
-    paths = {}
-    for name in MNIST_FILES:
-        found = [p for p in (folder / name, folder / (name + ".gz")) if p.is_file()]
-        if found:
-            paths[name] = found[0]
-        elif download:
-            paths[name] = _download(name, folder, mirrors, checksums, timeout)
-        else:
-            raise FileNotFoundError(
-                f"mnist: {name!r} not found in {str(folder)!r}. "
-                + _how_to_provide(folder)
-            )
-    split = []
-    for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
-        images = read_idx(paths[images_name], magic=IDX_IMAGES_MAGIC)
-        labels = read_idx(paths[labels_name], magic=IDX_LABELS_MAGIC)
-        if len(images) != len(labels):
-            raise ValueError(
-                f"mnist: {str(paths[images_name])!r} holds {len(images)} images but "
-                f"{str(paths[labels_name])!r} holds {len(labels)} labels"
-            )
-        if labels.size and labels.max() > 9:
-            raise ValueError(
-                f"mnist: {str(paths[labels_name])!r} has label {labels.max()} > 9"
-            )
-        x = (images.astype(np.float32) / np.float32(255))[..., None]
-        split.append((x, labels.astype(np.int32)))
-    return tuple(split)  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------
 # Synthetic problems
 # --------------------------------------------------------------------------
 
@@ -372,40 +134,131 @@ def xor() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _check_xy(x, y, who: str) -> int:
+    """The common length of ``x`` and ``y``, checked."""
+    n = _leading_length(x, "x", who)
+    if _leading_length(y, "y", who) != n:
+        raise ValueError(
+            f"{who}: x and y differ in length: x has shape {np.shape(x)}, "
+            f"y has shape {np.shape(y)}"
+        )
+    return n
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_fraction(fraction, name: str, who: str) -> float:
+    if not _real(fraction):
+        raise TypeError(f"{who}: {name} must be a number, got {fraction!r}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"{who}: {name} must be in (0, 1), got {fraction!r}")
+    return float(fraction)
+
+
+def _check_seed(seed, who: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise TypeError(f"{who}: seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def split(x, y, fraction: float = 0.1, *, seed: int = 0) -> Split:
+    """Splits examples in two at random, e.g. to hold out a validation set.
+
+    The examples are shuffled by a NumPy generator seeded with ``seed``; the
+    last ``b = max(1, round(fraction * N))`` of them form the second part,
+    the others the first. Keep the test set for the very end, and hold out
+    validation data from the training data::
+
+        (x_train, y_train), (x_test, y_test) = data.digits()
+        (x_train, y_train), (x_val, y_val) = data.split(x_train, y_train, 0.1)
+
+    Args:
+      x: an array of shape ``(N, ...)`` (NumPy, or JAX).
+      y: an array of shape ``(N, ...)``: the targets of ``x``'s examples.
+      fraction: the share of examples in the second part, in ``(0, 1)``.
+      seed: seed of the shuffle, a non-negative int; equal arguments give
+        equal parts.
+
+    Returns:
+      ``((x_a, y_a), (x_b, y_b))``: the ``N - b`` and ``b`` examples, each
+      part in shuffled order, pairs kept together; arrays of ``x``'s and
+      ``y``'s types and dtypes.
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length, or ``fraction`` is not in
+        ``(0, 1)`` or leaves a part empty.
+      TypeError: ``fraction`` is not a real number, or ``seed`` not an int.
+
+    Example:
+      >>> import numpy as np
+      >>> from fnn import data
+      >>> (xa, ya), (xb, yb) = data.split(np.arange(10), np.arange(10), 0.3)
+      >>> len(ya), len(yb), sorted([*ya, *yb]) == list(range(10))
+      (7, 3, True)
+    """
+    n = _check_xy(x, y, "split")
+    fraction = _check_fraction(fraction, "fraction", "split")
+    order = np.random.default_rng(_check_seed(seed, "split")).permutation(n)
+    b = max(1, round(fraction * n))
+    if b >= n:
+        raise ValueError(
+            f"split: {n} examples cannot be split with fraction={fraction}: "
+            f"one part would be empty"
+        )
+    a_index, b_index = order[: n - b], order[n - b :]
+    return (x[a_index], y[a_index]), (x[b_index], y[b_index])
+
+
 def spirals(
     n: int = 300,
     *,
     classes: int = 2,
     noise: float = 0.05,
     turns: float = 1.5,
+    test_fraction: float = 0.2,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Interleaved spiral arms, one per class.
+) -> Split:
+    """Interleaved spiral arms, one per class, split into train and test sets.
 
     Arm ``k`` of ``classes`` runs, as ``t`` goes from 0 to 1, through the
     points ``r (cos a, sin a)`` with radius ``r = 0.1 + 0.9 t`` and angle
     ``a = 2 pi (turns t + k / classes)``, plus Gaussian noise of standard
-    deviation ``noise`` in each coordinate. Examples come grouped by class;
-    class ``k`` gets ``n // classes`` points, plus one for ``k < n % classes``.
+    deviation ``noise`` in each coordinate. Class ``k`` gets ``n // classes``
+    of the ``n`` points, plus one for ``k < n % classes``. The points are then
+    shuffled and split by :func:`split`: ``round(test_fraction * n)`` (at
+    least 1) go to the test set.
 
     Args:
-      n: the number of points in all.
+      n: the number of points in all, at least 2.
       classes: the number of arms (2 is the classic two-spirals problem).
-      noise: standard deviation of the coordinate noise.
-      turns: the number of turns of each arm.
-      seed: seed of the NumPy generator drawing the noise; equal arguments
-        give equal arrays.
+      noise: standard deviation of the coordinate noise, finite and >= 0.
+      turns: the number of turns of each arm, finite.
+      test_fraction: the share of points in the test set, in ``(0, 1)``.
+      seed: seed of the NumPy generators drawing the noise and the shuffle;
+        equal arguments give equal arrays.
 
     Returns:
-      ``(x, y)``: ``x`` float32 of shape ``(n, 2)``, ``y`` int32 of shape
-      ``(n,)`` in ``0..classes-1``.
+      ``((x_train, y_train), (x_test, y_test))``, like :func:`digits`: ``x``
+      float32 of shape ``(N, 2)``, ``y`` int32 of shape ``(N,)`` in
+      ``0..classes-1``, both in shuffled order.
+
+    Raises:
+      ValueError: an argument is out of range, or ``test_fraction`` leaves a
+        set empty.
+      TypeError: ``test_fraction`` is not a number or ``seed`` not an int.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"spirals: n must be a positive int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"spirals: n must be an int >= 2, got {n!r}")
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
         raise ValueError(f"spirals: classes must be an int >= 2, got {classes!r}")
-    if noise < 0:
-        raise ValueError(f"spirals: noise must be >= 0, got {noise!r}")
+    if not (_real(noise) and 0 <= noise < np.inf):
+        raise ValueError(f"spirals: noise must be finite and >= 0, got {noise!r}")
+    if not (_real(turns) and np.isfinite(turns)):
+        raise ValueError(f"spirals: turns must be a finite number, got {turns!r}")
+    test_fraction = _check_fraction(test_fraction, "test_fraction", "spirals")
+    seed = _check_seed(seed, "spirals")
     sizes = [n // classes + (k < n % classes) for k in range(classes)]
     y = np.repeat(np.arange(classes), sizes)
     t = np.concatenate([np.linspace(0.0, 1.0, m) for m in sizes])
@@ -413,7 +266,7 @@ def spirals(
     angle = 2 * np.pi * (turns * t + y / classes)
     x = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
     x = x + noise * np.random.default_rng(seed).standard_normal(x.shape)
-    return x.astype(np.float32), y.astype(np.int32)
+    return split(x.astype(np.float32), y.astype(np.int32), test_fraction, seed=seed)
 
 
 # --------------------------------------------------------------------------
@@ -453,12 +306,7 @@ def batches(
       An iterator of ``(xb, yb)`` with shapes ``(B, ...)``, ``B = batch_size``
       except possibly for the last batch.
     """
-    n = _leading_length(x, "x")
-    if _leading_length(y, "y") != n:
-        raise ValueError(
-            f"batches: x and y differ in length: x has shape {np.shape(x)}, "
-            f"y has shape {np.shape(y)}"
-        )
+    n = _check_xy(x, y, "batches")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise TypeError(f"batches: batch_size must be an int, got {batch_size!r}")
     if batch_size < 1:
@@ -479,12 +327,10 @@ def batches(
     return _iterate(x, y, batch_size, order, stop)
 
 
-def _leading_length(a, name: str) -> int:
+def _leading_length(a, name: str, who: str) -> int:
     shape = np.shape(a)
     if not shape:
-        raise ValueError(
-            f"batches: {name} must have a leading batch axis, got a scalar"
-        )
+        raise ValueError(f"{who}: {name} must have a leading batch axis, got a scalar")
     return shape[0]
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnn.protocol import Layer, check_shape, require_key
+from fnn.protocol import (
+    Layer,
+    check_input,
+    check_leaves,
+    check_real,
+    check_shape,
+    layer_name,
+    require_key,
+)
 
 
 def Dropout(rate: float) -> Layer:
@@ -14,21 +22,32 @@ def Dropout(rate: float) -> Layer:
     ``rate`` is the probability that an element is *dropped* (haiku's
     meaning, not stax's). Kept units are scaled by ``1 / (1 - rate)`` so the
     expected activation is unchanged and evaluation is the identity.
-    Training needs a PRNG ``key``.
 
-    Per example: any shape, unchanged. No parameters.
+    Per example: any shape, unchanged. No parameters, no state.
+
+    Args:
+      rate: the drop probability, in ``[0, 1)``; NumPy scalars are accepted.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer`; training needs a PRNG ``key``
+      (:class:`~fnn.protocol.MissingKeyError` otherwise).
 
     Backward: the same mask and scale, ``dx = dy * mask / (1 - rate)``.
     """
-    if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
-        raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
-    name = f"Dropout({rate})"
+    try:
+        rate = check_real("Dropout", "rate", rate, low=0.0, high=1.0, high_open=True)
+    except ValueError:
+        raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}") from None
+    name = layer_name("Dropout", (rate,))
     scale = 1.0 / (1.0 - rate)
 
     def init(key, input_shape):
         return check_shape(name, input_shape), (), ()
 
     def forward(params, state, x, *, key=None, train=False):
+        check_leaves(name, "params", params, ())
+        check_leaves(name, "state", state, ())
+        check_input(name, x, (...,))
         if not train or rate == 0.0:
             return x, state, ()
         keep = jax.random.bernoulli(require_key(name, key), 1.0 - rate, x.shape)

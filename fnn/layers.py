@@ -2,6 +2,8 @@
 
 See :mod:`fnn.protocol` for what a layer is. CamelCase names build layers
 (``Dense``, ``BatchNorm``); snake_case names combine them (``serial``).
+Layers without options are values (``Relu``), the others constructors
+(``Dense(10)``, ``Flatten()``).
 """
 
 from fnn.activation_layers import (
@@ -20,60 +22,65 @@ from fnn.activation_layers import (
     Step,
     Tanh,
 )
-from fnn.attention import Embedding, MultiHeadAttention, positional_encoding
-from fnn.combinators import (
-    fan_in_concat,
-    fan_in_sum,
-    fan_out,
-    parallel,
-    residual,
-    serial,
-    summary,
-)
-from fnn.conv import AvgPool, Conv, MaxPool
+from fnn.attention import MultiHeadAttention
+from fnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, serial
+from fnn.conv import Conv
+from fnn.conv_transpose import ConvTranspose
 from fnn.dense import Dense, Flatten, Reshape
 from fnn.dropout import Dropout
+from fnn.embedding import Embedding, positional_encoding
 from fnn.normalization import BatchNorm, LayerNorm
+from fnn.pool import AvgPool, GlobalAvgPool, MaxPool
 from fnn.protocol import Layer, MissingKeyError, ShapeError
 from fnn.recurrent import GRU, LSTM, SimpleRNN
+from fnn.remat import remat
+from fnn.residual import residual
+from fnn.sequence import LastStep
+from fnn.summary import summary
+from fnn.upsample import Upsample
 
 __all__ = [
     "AvgPool",
     "BatchNorm",
     "Conv",
-    "Embedding",
-    "GRU",
-    "LSTM",
-    "MaxPool",
-    "MultiHeadAttention",
-    "SimpleRNN",
-    "positional_encoding",
+    "ConvTranspose",
     "Dense",
     "Dropout",
     "Elu",
+    "Embedding",
     "Flatten",
+    "GRU",
     "Gelu",
     "GeluTanh",
+    "GlobalAvgPool",
     "Identity",
+    "LSTM",
+    "LastStep",
     "Layer",
     "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
+    "MaxPool",
     "MissingKeyError",
+    "MultiHeadAttention",
     "Relu",
     "Reshape",
     "ShapeError",
     "Sigmoid",
+    "SimpleRNN",
     "Silu",
     "Softmax",
     "Softplus",
     "Softsign",
     "Step",
     "Tanh",
+    "Upsample",
     "fan_in_concat",
     "fan_in_sum",
     "fan_out",
     "parallel",
+    "positional_encoding",
+    "remat",
     "residual",
     "serial",
     "summary",

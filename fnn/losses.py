@@ -25,9 +25,19 @@ Targets must have exactly the shape the loss expects; a mismatch such as
 loss and both shapes, at trace time (so under ``jax.jit`` too). Losses never
 broadcast. Float targets are cast to the prediction's dtype.
 
+Values are checked too, but only where they are known, on concrete
+(non-traced) inputs: class indices outside ``[0, C)``, probabilities or 0/1
+targets outside ``[0, 1]``, hinge labels other than -1/+1 raise
+``ValueError``. Under ``jit`` nothing can look at the numbers;
+``fit``/``evaluate`` check their data before compiling.
+
 Kinks follow ``jax.grad`` of the value exactly: ``mae`` has gradient ``+1/n``
 where ``pred == target`` (``jax.grad(jnp.abs)(0.) == 1``), ``hinge`` has
 gradient 0 at margin exactly 1 (as ``relu'(0) = 0``).
+
+Each loss also says what it reads (``expects``: ``"logits"``,
+``"probabilities"``, ``"scores"`` or ``"values"``) and how an output becomes
+a class (``decision``, read by :func:`fnn.metrics.accuracy`).
 """
 
 from __future__ import annotations
@@ -38,13 +48,38 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from fnn import metrics
+from fnn._targets import check_members, check_within, class_targets, same_shape
+from fnn.metrics import accuracy
+from fnn.penalties import Penalty, l1_penalty, l2_penalty, penalty
 
 Array = jax.Array
 Params = Any  # a pytree of arrays
 
+#: Probabilities are clamped to at least ``PROB_EPS`` before any ``log``.
+PROB_EPS = 1e-7
 #: Probabilities are clipped to ``[BCE_EPS, 1 - BCE_EPS]`` in binary_cross_entropy.
-BCE_EPS = 1e-7
+BCE_EPS = PROB_EPS
+
+__all__ = [
+    "LOSSES",
+    "Loss",
+    "Penalty",
+    "accuracy",
+    "binary_cross_entropy",
+    "check_targets",
+    "cross_entropy",
+    "hinge",
+    "l1_penalty",
+    "l2_error",
+    "l2_penalty",
+    "mae",
+    "mse",
+    "penalty",
+    "sigmoid_binary_cross_entropy",
+    "softmax_cross_entropy",
+]
 
 
 # Frozen dataclasses rather than NamedTuples: ``jax.jit(loss)`` needs a weak
@@ -59,11 +94,19 @@ class Loss:
       value: ``(pred, target) -> scalar``, the mean loss.
       grad: ``(pred, target) -> d value / d pred``, shaped like ``pred``.
       name: how the loss reads in errors and reports.
+      expects: what ``pred`` must be: ``"logits"`` (the loss applies softmax
+        or sigmoid itself, so the model must not), ``"probabilities"``,
+        ``"scores"`` (hinge) or ``"values"`` (regression).
+      decision: how :func:`fnn.metrics.accuracy` reads an output as a class:
+        ``"argmax"``, ``"logit"``, ``"probability"``, ``"sign"``, or ``None``
+        for regression losses.
     """
 
     value: Callable[[Array, Array], Array]
     grad: Callable[[Array, Array], Array]
     name: str
+    expects: str = "values"
+    decision: str | None = None
 
     def __call__(self, pred, target):
         return self.value(pred, target)
@@ -72,113 +115,28 @@ class Loss:
         return f"fnn.losses.{self.name}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Penalty:
-    """A weight penalty: ``value(params) -> scalar`` and its gradient tree.
-
-    Attributes:
-      value: ``params -> scalar``, summed over every leaf.
-      grad: ``params -> d value / d params``, a tree shaped like ``params``.
-      name: how the penalty reads in errors and reports.
-    """
-
-    value: Callable[[Params], Array]
-    grad: Callable[[Params], Params]
-    name: str
-
-    def __call__(self, params):
-        return self.value(params)
-
-    def __repr__(self):
-        return f"fnn.losses.{self.name}"
-
-
-# Validation: Python shape checks, so they run at trace time.
-
-
-def _batched(name, pred):
-    pred = jnp.asarray(pred)
-    if pred.ndim == 0 or pred.size == 0:
-        raise ValueError(
-            f"{name}: expected predictions with a non-empty leading batch axis, "
-            f"got shape {pred.shape}"
-        )
-    return pred
-
-
-def _same_shape(name, pred, target):
-    """Checks that ``target`` has ``pred``'s shape; casts it to ``pred``'s dtype."""
-    pred, target = _batched(name, pred), jnp.asarray(target)
-    if target.shape != pred.shape:
-        hint = ""
-        if target.size == pred.size:
-            hint = f"; reshape it first, e.g. target.reshape({pred.shape})"
-        raise ValueError(
-            f"{name}: target shape {target.shape} does not match pred shape "
-            f"{pred.shape}; losses never broadcast{hint}"
-        )
-    return pred, target.astype(pred.dtype)
-
-
-def _targets(name, logits, labels):
-    """One-hot (or probability) targets shaped like ``logits``, from ``labels``.
-
-    Integer ``labels`` are class indices shaped ``logits.shape[:-1]``; any other
-    dtype is read as one-hot rows or class probabilities shaped like ``logits``.
-    Out-of-range indices are caught only when ``labels`` are concrete: under
-    ``jit`` they become all-zero rows (zero loss, zero gradient).
-    """
-    logits, labels = _batched(name, logits), jnp.asarray(labels)
-    n = logits.shape[-1]
-    if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape:
-        if labels.shape != logits.shape[:-1]:
-            raise ValueError(
-                f"{name}: integer labels must have shape {logits.shape[:-1]} "
-                f"(logits shape {logits.shape} without the class axis), got "
-                f"{labels.shape}"
-            )
-        if not isinstance(labels, jax.core.Tracer):
-            values = np.asarray(labels)
-            if values.size and (values.min() < 0 or values.max() >= n):
-                raise ValueError(
-                    f"{name}: labels must lie in [0, {n}) for {n} classes, got "
-                    f"values from {values.min()} to {values.max()}"
-                )
-        return logits, jax.nn.one_hot(labels, n, dtype=logits.dtype)
-    if labels.shape != logits.shape:
-        hint = ""
-        if labels.shape == logits.shape[:-1]:
-            hint = "; class indices must be integers, e.g. labels.astype(jnp.int32)"
-        raise ValueError(
-            f"{name}: labels of shape {labels.shape} fit neither logits "
-            f"{logits.shape} (one-hot or probabilities) nor {logits.shape[:-1]} "
-            f"(integer class indices){hint}"
-        )
-    return logits, labels.astype(logits.dtype)
-
-
 # Regression losses.
 
 
 def _mse(pred, target):
     """``mean((p - t)^2)`` over all elements; gradient ``2 (p - t) / n``."""
-    pred, target = _same_shape("mse", pred, target)
+    pred, target = same_shape("mse", pred, target)
     return jnp.mean(jnp.square(pred - target))
 
 
 def _mse_grad(pred, target):
-    pred, target = _same_shape("mse", pred, target)
+    pred, target = same_shape("mse", pred, target)
     return (pred - target) * (2 / pred.size)
 
 
 def _mae(pred, target):
     """``mean(|p - t|)``; gradient ``sign(p - t) / n`` with ``+1`` at ``p == t``."""
-    pred, target = _same_shape("mae", pred, target)
+    pred, target = same_shape("mae", pred, target)
     return jnp.mean(jnp.abs(pred - target))
 
 
 def _mae_grad(pred, target):
-    pred, target = _same_shape("mae", pred, target)
+    pred, target = same_shape("mae", pred, target)
     ones = jnp.ones_like(pred)
     return jnp.where(pred >= target, ones, -ones) / pred.size
 
@@ -188,16 +146,28 @@ def _l2_error(pred, target):
 
     The 1/2 cancels the 2 of the square, so the gradient is the plain residual.
     """
-    pred, target = _same_shape("l2_error", pred, target)
+    pred, target = same_shape("l2_error", pred, target)
     return 0.5 * jnp.sum(jnp.square(pred - target)) / pred.shape[0]
 
 
 def _l2_error_grad(pred, target):
-    pred, target = _same_shape("l2_error", pred, target)
+    pred, target = same_shape("l2_error", pred, target)
     return (pred - target) / pred.shape[0]
 
 
-# Classification losses.
+# Classification losses. Each ``_x_inputs`` checks shapes (trace time) and,
+# on concrete inputs, values; the value and its gradient share it.
+
+_PROBABILITIES_HINT = "; for logits use sigmoid_binary_cross_entropy"
+_HINGE_HINT = "; for 0/1 labels y pass 2 * y - 1"
+
+
+def _bce_inputs(prob, target):
+    name = "binary_cross_entropy"
+    checked = same_shape(name, prob, target)
+    check_within(name, "probabilities", prob, 0, 1, _PROBABILITIES_HINT)
+    check_within(name, "targets", target, 0, 1)
+    return checked
 
 
 def _inside(prob):
@@ -213,16 +183,23 @@ def _binary_cross_entropy(prob, target):
     is active, as autodiff of the clipped value gives. Prefer
     ``sigmoid_binary_cross_entropy`` on logits: it needs no clipping.
     """
-    prob, target = _same_shape("binary_cross_entropy", prob, target)
+    prob, target = _bce_inputs(prob, target)
     p = jnp.where(_inside(prob), prob, jnp.clip(prob, BCE_EPS, 1 - BCE_EPS))
     return -jnp.mean(target * jnp.log(p) + (1 - target) * jnp.log1p(-p))
 
 
 def _binary_cross_entropy_grad(prob, target):
-    prob, target = _same_shape("binary_cross_entropy", prob, target)
+    prob, target = _bce_inputs(prob, target)
     p = jnp.clip(prob, BCE_EPS, 1 - BCE_EPS)
     dp = ((1 - target) / (1 - p) - target / p) / prob.size
     return jnp.where(_inside(prob), dp, jnp.zeros_like(dp))
+
+
+def _sbce_inputs(logits, target):
+    name = "sigmoid_binary_cross_entropy"
+    checked = same_shape(name, logits, target)
+    check_within(name, "targets", target, 0, 1)
+    return checked
 
 
 def _sigmoid_binary_cross_entropy(logits, target):
@@ -232,12 +209,12 @@ def _sigmoid_binary_cross_entropy(logits, target):
     finite for any finite ``z``; averaged over all elements. Gradient
     ``(sigmoid(z) - t) / n``. Targets may be soft, in ``[0, 1]``.
     """
-    logits, target = _same_shape("sigmoid_binary_cross_entropy", logits, target)
+    logits, target = _sbce_inputs(logits, target)
     return jnp.mean(jax.nn.softplus(logits) - logits * target)
 
 
 def _sigmoid_binary_cross_entropy_grad(logits, target):
-    logits, target = _same_shape("sigmoid_binary_cross_entropy", logits, target)
+    logits, target = _sbce_inputs(logits, target)
     return (jax.nn.sigmoid(logits) - target) / logits.size
 
 
@@ -245,7 +222,7 @@ def _softmax_cross_entropy(logits, labels):
     """``-sum_c t_c log_softmax(z)_c``, averaged over all leading axes.
 
     Args:
-      logits: ``(..., C)``, e.g. ``(N, C)`` or ``(N, T, C)``.
+      logits: ``(..., C)`` with ``C >= 2``, e.g. ``(N, C)`` or ``(N, T, C)``.
       labels: integer class indices of shape ``(...)``, or one-hot rows or
         class probabilities of shape ``(..., C)``.
 
@@ -253,30 +230,71 @@ def _softmax_cross_entropy(logits, labels):
     rows, i.e. ``(softmax(z) - t) / M`` for one-hot or probability targets.
     Log-sum-exp keeps it finite for logits in the tens of thousands.
     """
-    logits, t = _targets("softmax_cross_entropy", logits, labels)
+    logits, t = class_targets("softmax_cross_entropy", logits, labels)
     rows = logits.size // logits.shape[-1]
     return -jnp.sum(t * jax.nn.log_softmax(logits, axis=-1)) / rows
 
 
 def _softmax_cross_entropy_grad(logits, labels):
-    logits, t = _targets("softmax_cross_entropy", logits, labels)
+    logits, t = class_targets("softmax_cross_entropy", logits, labels)
     rows = logits.size // logits.shape[-1]
     total = jnp.sum(t, axis=-1, keepdims=True)
     return (jax.nn.softmax(logits, axis=-1) * total - t) / rows
+
+
+def _ce_inputs(prob, labels):
+    name = "cross_entropy"
+    checked, t = class_targets(name, prob, labels)
+    check_within(
+        name, "probabilities", prob, 0, 1, "; for logits use softmax_cross_entropy"
+    )
+    return checked, t, checked.size // checked.shape[-1]
+
+
+def _cross_entropy(prob, labels):
+    """``-1/M sum_rows sum_c y_c log(max(p_c, PROB_EPS))`` on probabilities.
+
+    The course's cross-entropy, for a model that ends in ``Softmax``. The
+    clamp: a float32 softmax rounds a class more than ~88 logits below the
+    best to exactly 0, and ``log 0 = -inf`` would make the loss infinite and
+    the gradient NaN. Clamped at ``PROB_EPS = 1e-7``, such a class costs
+    ``-log(1e-7) ~ 16.1`` and passes no gradient. Where ``p >= PROB_EPS`` the
+    gradient is ``-y / (M p)``, else 0 (autodiff of the clamped value gives
+    the same). Prefer ``softmax_cross_entropy`` on logits: it needs no clamp,
+    and its gradient ``softmax(z) - y`` never vanishes on a wrong answer.
+    """
+    prob, t, rows = _ce_inputs(prob, labels)
+    p = jnp.where(prob >= PROB_EPS, prob, PROB_EPS)
+    return -jnp.sum(t * jnp.log(p)) / rows
+
+
+def _cross_entropy_grad(prob, labels):
+    prob, t, rows = _ce_inputs(prob, labels)
+    inside = prob >= PROB_EPS
+    dp = -t / (jnp.where(inside, prob, PROB_EPS) * rows)
+    return jnp.where(inside, dp, jnp.zeros_like(dp))
+
+
+def _hinge_inputs(pred, target):
+    checked = same_shape("hinge", pred, target)
+    check_members("hinge", "labels", target, (-1, 1), _HINGE_HINT)
+    return checked
 
 
 def _hinge(pred, target):
     """``mean(max(0, 1 - t p))`` with labels ``t`` in ``{-1, +1}``.
 
     Gradient ``-t / n`` where the margin ``t p < 1``, else 0; at margin exactly
-    1 it is 0, as ``relu'(0) = 0``. Labels are not checked to be ``±1``.
+    1 it is 0, as ``relu'(0) = 0``. Concrete labels other than -1/+1 raise
+    (a 0 label would cost a constant 1 and pass no gradient); under ``jit``
+    they cannot be checked.
     """
-    pred, target = _same_shape("hinge", pred, target)
+    pred, target = _hinge_inputs(pred, target)
     return jnp.mean(jax.nn.relu(1 - target * pred))
 
 
 def _hinge_grad(pred, target):
-    pred, target = _same_shape("hinge", pred, target)
+    pred, target = _hinge_inputs(pred, target)
     active = 1 - target * pred > 0
     return jnp.where(active, -target, jnp.zeros_like(target)) / pred.size
 
@@ -285,17 +303,34 @@ mse = Loss(_mse, _mse_grad, "mse")
 mae = Loss(_mae, _mae_grad, "mae")
 l2_error = Loss(_l2_error, _l2_error_grad, "l2_error")
 binary_cross_entropy = Loss(
-    _binary_cross_entropy, _binary_cross_entropy_grad, "binary_cross_entropy"
+    _binary_cross_entropy,
+    _binary_cross_entropy_grad,
+    "binary_cross_entropy",
+    "probabilities",
+    metrics.PROBABILITY,
 )
 sigmoid_binary_cross_entropy = Loss(
     _sigmoid_binary_cross_entropy,
     _sigmoid_binary_cross_entropy_grad,
     "sigmoid_binary_cross_entropy",
+    "logits",
+    metrics.LOGIT,
 )
 softmax_cross_entropy = Loss(
-    _softmax_cross_entropy, _softmax_cross_entropy_grad, "softmax_cross_entropy"
+    _softmax_cross_entropy,
+    _softmax_cross_entropy_grad,
+    "softmax_cross_entropy",
+    "logits",
+    metrics.ARGMAX,
 )
-hinge = Loss(_hinge, _hinge_grad, "hinge")
+cross_entropy = Loss(
+    _cross_entropy,
+    _cross_entropy_grad,
+    "cross_entropy",
+    "probabilities",
+    metrics.ARGMAX,
+)
+hinge = Loss(_hinge, _hinge_grad, "hinge", "scores", metrics.SIGN)
 
 #: Every loss of this module, in order.
 LOSSES = (
@@ -305,62 +340,40 @@ LOSSES = (
     binary_cross_entropy,
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
+    cross_entropy,
     hinge,
 )
 
 
-# Penalties: sums over every leaf of a parameter tree.
+def check_targets(loss, pred_shape: tuple, target, dtype=jnp.float32) -> None:
+    """Checks concrete targets against a loss and an output shape, computing nothing.
 
-
-def _total(params, term):
-    total = 0.0
-    for w in jax.tree.leaves(params):
-        total = total + jnp.sum(term(jnp.asarray(w)))
-    return jnp.asarray(total)
-
-
-def _l1_penalty(params):
-    """``sum |w|`` over all leaves; gradient ``sign(w)``, ``+1`` at ``w = 0`` as JAX."""
-    return _total(params, jnp.abs)
-
-
-def _l1_penalty_grad(params):
-    def sign(w):
-        ones = jnp.ones_like(w)
-        return jnp.where(w >= 0, ones, -ones)
-
-    return jax.tree.map(sign, params)
-
-
-def _l2_penalty(params):
-    """``0.5 sum w^2`` over all leaves; the 1/2 makes the gradient ``w`` itself."""
-    return 0.5 * _total(params, jnp.square)
-
-
-def _l2_penalty_grad(params):
-    return jax.tree.map(jnp.asarray, params)
-
-
-l1_penalty = Penalty(_l1_penalty, _l1_penalty_grad, "l1_penalty")
-l2_penalty = Penalty(_l2_penalty, _l2_penalty_grad, "l2_penalty")
-
-
-def accuracy(logits: Array, labels: Array) -> Array:
-    """Fraction of rows whose argmax matches the label.
+    Traces ``loss(pred, target)`` with an abstract ``pred`` of ``pred_shape``
+    (``jax.eval_shape``: no compile, no arrays the size of ``pred``) and the
+    concrete ``target``, so every check of the loss runs: shapes, and the
+    values that ``jit`` would hide (class indices in ``[0, C)``, 0/1 targets
+    in ``[0, 1]``, hinge labels -1/+1). ``fit`` and ``evaluate`` can call it
+    on their whole label array before the first step compiles, where an
+    out-of-range label would otherwise become an all-zero one-hot row.
 
     Args:
-      logits: ``(..., C)`` scores (logits or probabilities).
-      labels: integer class indices ``(...)``, or one-hot rows ``(..., C)``
-        (their argmax is the class).
+      loss: any ``loss(pred, target)``; the checks are the loss's own.
+      pred_shape: the predictions' shape, batch axis included, e.g.
+        ``(len(y),) + output_shape``.
+      target: the concrete targets (NumPy or JAX arrays, not traced).
+      dtype: the predictions' dtype.
 
-    Returns:
-      A scalar in ``[0, 1]``, averaged over all leading axes. Ties in
-      ``logits`` go to the lowest class index.
+    Raises:
+      ValueError: whatever the loss raises for these targets.
+
+    Example:
+      >>> import numpy as np
+      >>> from fnn import losses
+      >>> labels = np.array([1, 9, 10])
+      >>> losses.check_targets(losses.softmax_cross_entropy, (3, 10), labels)
+      ... # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: softmax_cross_entropy: labels must lie in [0, 10) for 10 classes...
     """
-    logits, t = _targets("accuracy", logits, labels)
-    labels = jnp.asarray(labels)
-    if labels.shape != logits.shape:  # class indices, validated above
-        t = labels
-    else:
-        t = jnp.argmax(t, axis=-1)
-    return jnp.mean(jnp.argmax(logits, axis=-1) == t)
+    jax.eval_shape(lambda p: loss(p, target), jax.ShapeDtypeStruct(pred_shape, dtype))

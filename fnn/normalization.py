@@ -2,51 +2,69 @@
 and ``LayerNorm``.
 
 Both normalise ``x_hat = (x - mean) / sqrt(var + eps)`` and then scale and
-shift, ``y = scale * x_hat + bias``. The variance is computed in two passes,
+shift, ``y = w * x_hat + b``. The variance is computed in two passes,
 ``mean((x - mean)**2)``, which cannot go negative as the one-pass
 ``E[x^2] - E[x]^2`` can by round-off (the NaN of google/flax#1491).
 
+Parameter names follow one convention across fnn: ``w`` multiplies, ``b``
+adds (``Dense``, ``Conv``, the recurrent layers, and here the scale ``w``,
+PyTorch's ``weight``, and the shift ``b``). Before this convention the norm
+layers named them ``scale`` and ``bias``; see :func:`rename_legacy` for
+checkpoints saved then.
+
 Backward, with ``m`` the number of values each statistic averages over:
-  ``dbias = sum(dy)``, ``dscale = sum(dy * x_hat)``,
-  ``dx = scale / sqrt(var + eps) * (dy - dbias / m - x_hat * dscale / m)``
+  ``db = sum(dy)``, ``dw = sum(dy * x_hat)``,
+  ``dx = w / sqrt(var + eps) * (dy - db / m - x_hat * dw / m)``
 when the statistics come from ``x`` itself (training batch norm, layer
-norm), and ``dx = scale / sqrt(var + eps) * dy`` when they are constants
+norm), and ``dx = w / sqrt(var + eps) * dy`` when they are constants
 (batch norm in evaluation, on running statistics).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 
-from fnn.protocol import Layer, ShapeError, check_shape, per_channel
+from fnn.protocol import (
+    Layer,
+    ShapeError,
+    check_input,
+    check_leaves,
+    check_real,
+    check_shape,
+    layer_name,
+    per_channel,
+)
+
+_LEGACY = {"scale": "w", "bias": "b"}
 
 
-def _check_eps(name, eps):
-    if not eps > 0:
-        raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+def _affine_init(name):
+    """``init`` of the scale ``w`` (ones) and shift ``b`` (zeros), per channel."""
 
-
-def _check_channels(name, params, x):
-    c = params["scale"].shape[0]
-    if x.ndim < 2 or x.shape[-1] != c:
-        raise ShapeError(
-            f"{name}: expected input (batch, ..., {c}) with {c} channels last, "
-            f"got {tuple(x.shape)}"
-        )
-
-
-def _scale_and_bias_init(name):
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape, min_rank=1)
         c = input_shape[-1]
-        params = {
-            "scale": jnp.ones((c,), jnp.float32),
-            "bias": jnp.zeros((c,), jnp.float32),
-        }
+        params = {"w": jnp.ones((c,), jnp.float32), "b": jnp.zeros((c,), jnp.float32)}
         return input_shape, params, c
 
     return init
+
+
+def _check_affine(name, params, x) -> int:
+    """Checks ``params`` and ``x`` at trace time; returns the channel count."""
+    check_leaves(name, "params", params, {"w": (None,), "b": (None,)})
+    c = params["w"].shape[0]
+    check_leaves(name, "params", params, {"w": (c,), "b": (c,)})
+    check_input(name, x, (..., c))
+    return c
+
+
+def _affine(params, x_hat):
+    ndim = x_hat.ndim
+    return x_hat * per_channel(params["w"], ndim) + per_channel(params["b"], ndim)
 
 
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
@@ -55,19 +73,31 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     Per example: ``(..., C) -> (..., C)``; statistics are taken over the
     batch and every other axis (the spatial axes of an image).
 
-    Parameters: ``{"scale": (C,), "bias": (C,)}``.
-    State: ``{"mean": (C,), "var": (C,)}``, starting at 0 and 1.
-
     Training normalises with the batch's mean and (biased) variance and
     returns the updated running values,
     ``running = momentum * running + (1 - momentum) * batch``;
     evaluation normalises with the running values and leaves them alone.
+    Training needs more than one value per channel (a batch of one vector
+    would normalise to the constant ``b``): fewer raise a
+    :class:`~fnn.protocol.ShapeError` at trace time, as PyTorch does.
+
+    Args:
+      momentum: the weight of the old running value, in ``[0, 1]``.
+      eps: added to the variance, ``> 0``.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` with parameters
+      ``{"w": (C,), "b": (C,)}`` (scale and shift, starting at 1 and 0) and
+      state ``{"mean": (C,), "var": (C,)}`` (starting at 0 and 1).
+
+    Backward: the module's formulas, with ``m = N * (spatial size)``; in
+    evaluation ``dx = w / sqrt(running_var + eps) * dy``.
     """
-    name = f"BatchNorm(momentum={momentum}, eps={eps})"
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
-    _check_eps(name, eps)
-    init_params = _scale_and_bias_init(name)
+    momentum = check_real("BatchNorm", "momentum", momentum, low=0.0, high=1.0)
+    eps = check_real("BatchNorm", "eps", eps, low=0.0, low_open=True)
+    options = [("momentum", momentum, 0.9), ("eps", eps, 1e-5)]
+    name = layer_name("BatchNorm", (), options)
+    init_params = _affine_init(name)
 
     def init(key, input_shape):
         shape, params, c = init_params(key, input_shape)
@@ -78,9 +108,16 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return shape, params, state
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_channels(name, params, x)
+        c = _check_affine(name, params, x)
+        check_leaves(name, "state", state, {"mean": (c,), "var": (c,)})
         axes = tuple(range(x.ndim - 1))
         if train:
+            if c and x.size // c <= 1:
+                raise ShapeError(
+                    f"{name}: training needs more than one value per channel to "
+                    f"take a batch variance, got input of batch shape "
+                    f"{tuple(x.shape)}; use a batch of 2 or more, or train=False"
+                )
             mean = jnp.mean(x, axis=axes)
             centred = x - per_channel(mean, x.ndim)
             var = jnp.mean(jnp.square(centred), axis=axes)
@@ -95,27 +132,24 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             inv = jax.lax.rsqrt(state["var"] + eps)
             x_hat = (x - per_channel(state["mean"], x.ndim)) * per_channel(inv, x.ndim)
             new_state, cache = state, {"running": (x_hat, inv)}
-        y = x_hat * per_channel(params["scale"], x.ndim) + per_channel(
-            params["bias"], x.ndim
-        )
-        return y, new_state, cache
+        return _affine(params, x_hat), new_state, cache
 
     def backward(params, cache, dy):
         ((mode, (x_hat, inv)),) = cache.items()
         axes = tuple(range(dy.ndim - 1))
-        dbias = jnp.sum(dy, axis=axes)
-        dscale = jnp.sum(dy * x_hat, axis=axes)
-        gain = per_channel(params["scale"] * inv, dy.ndim)
+        db = jnp.sum(dy, axis=axes)
+        dw = jnp.sum(dy * x_hat, axis=axes)
+        gain = per_channel(params["w"] * inv, dy.ndim)
         if mode == "batch":
             m = dy.size // dy.shape[-1]
             dx = gain * (
                 dy
-                - per_channel(dbias / m, dy.ndim)
-                - x_hat * per_channel(dscale / m, dy.ndim)
+                - per_channel(db / m, dy.ndim)
+                - x_hat * per_channel(dw / m, dy.ndim)
             )
         else:
             dx = gain * dy
-        return {"scale": dscale, "bias": dbias}, dx
+        return {"w": dw, "b": db}, dx
 
     return Layer(init, forward, backward, name)
 
@@ -126,39 +160,89 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
     Per example: ``(..., d) -> (..., d)``, each length-``d`` vector
     normalised on its own statistics; the same in training and evaluation.
 
-    Parameters: ``{"scale": (d,), "bias": (d,)}``.
+    Args:
+      eps: added to the variance, ``> 0``.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer` with parameters
+      ``{"w": (d,), "b": (d,)}`` (scale and shift, starting at 1 and 0) and
+      no state.
+
+    Backward, per vector, with ``g = w * dy``:
+      ``dx = inv * (g - mean(g) - x_hat * mean(g * x_hat))``,
+      ``dw = sum(dy * x_hat)``, ``db = sum(dy)`` over the leading axes.
     """
-    name = f"LayerNorm(eps={eps})"
-    _check_eps(name, eps)
-    init_params = _scale_and_bias_init(name)
+    eps = check_real("LayerNorm", "eps", eps, low=0.0, low_open=True)
+    name = layer_name("LayerNorm", (), [("eps", eps, 1e-5)])
+    init_params = _affine_init(name)
 
     def init(key, input_shape):
         shape, params, _ = init_params(key, input_shape)
         return shape, params, ()
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_channels(name, params, x)
+        _check_affine(name, params, x)
+        check_leaves(name, "state", state, ())
         centred = x - jnp.mean(x, axis=-1, keepdims=True)
         inv = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
         x_hat = centred * inv
-        y = x_hat * per_channel(params["scale"], x.ndim) + per_channel(
-            params["bias"], x.ndim
-        )
-        return y, state, (x_hat, inv)
+        return _affine(params, x_hat), state, (x_hat, inv)
 
     def backward(params, cache, dy):
         x_hat, inv = cache
         axes = tuple(range(dy.ndim - 1))
-        dx_hat = dy * per_channel(params["scale"], dy.ndim)
+        g = dy * per_channel(params["w"], dy.ndim)
         dx = inv * (
-            dx_hat
-            - jnp.mean(dx_hat, axis=-1, keepdims=True)
-            - x_hat * jnp.mean(dx_hat * x_hat, axis=-1, keepdims=True)
+            g
+            - jnp.mean(g, axis=-1, keepdims=True)
+            - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True)
         )
-        dparams = {
-            "scale": jnp.sum(dy * x_hat, axis=axes),
-            "bias": jnp.sum(dy, axis=axes),
-        }
+        dparams = {"w": jnp.sum(dy * x_hat, axis=axes), "b": jnp.sum(dy, axis=axes)}
         return dparams, dx
 
     return Layer(init, forward, backward, name)
+
+
+def rename_legacy(tree):
+    """Renames old norm-layer parameters, ``scale``/``bias`` -> ``w``/``b``.
+
+    For trees saved before the norm layers took ``w``/``b``: every dict
+    whose keys are exactly ``{"scale", "bias"}`` is renamed; everything else
+    is left alone. A checkpoint saved then fails ``checkpoint.load`` against
+    today's params (a ``CheckpointError`` naming the missing ``['w']``);
+    load it against the old names and rename what comes back::
+
+      old = checkpoint.load(path, legacy_like(like))
+      tree = rename_legacy(old)
+
+    Args:
+      tree: a params pytree (dicts, tuples, lists, arrays).
+
+    Returns:
+      The same tree with the norm layers' keys renamed.
+    """
+    return _rename(tree, _LEGACY)
+
+
+def legacy_like(tree):
+    """The inverse of :func:`rename_legacy`: ``w``/``b`` of norm layers back
+    to ``scale``/``bias``, for a ``like`` that matches an old checkpoint.
+
+    Only dicts whose keys are exactly ``{"w", "b"}`` and whose two leaves
+    are vectors of one length are renamed; a ``Dense`` or ``Conv`` layer's
+    ``w`` is a matrix or larger, so it is left alone.
+    """
+    inverse = {v: k for k, v in _LEGACY.items()}
+    return _rename(tree, inverse, vectors_only=True)
+
+
+def _rename(tree, names, vectors_only=False):
+    if isinstance(tree, Mapping):
+        if set(tree) == set(names) and not (
+            vectors_only and any(jnp.ndim(v) != 1 for v in tree.values())
+        ):
+            return {names[k]: v for k, v in tree.items()}
+        return {k: _rename(v, names, vectors_only) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_rename(v, names, vectors_only) for v in tree)
+    return tree

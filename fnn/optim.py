@@ -13,19 +13,52 @@ and any optax optimiser works wherever an fnn one does.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
+def _number(name: str, value, lo: float, hi: float = math.inf, hi_open=False):
+    """Checks a numeric option at construction: a real number in its range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    inside = lo <= value < hi if hi_open else lo <= value <= hi
+    if not (math.isfinite(value) and inside):
+        bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return float(value)
+
+
+def _learning_rate(name: str, learning_rate):
+    """A float (finite, >= 0) or an optax schedule (a callable), else an error."""
+    if callable(learning_rate) or isinstance(learning_rate, jax.Array):
+        return learning_rate
+    return _number(f"{name}: learning_rate", learning_rate, 0.0)
+
+
 def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
-    """Plain gradient descent: ``w <- w - lr * g``."""
-    return optax.scale_by_learning_rate(learning_rate)
+    """Plain gradient descent: ``w <- w - lr * g``.
+
+    Args:
+      learning_rate: ``lr``, a float ``>= 0`` or an optax schedule
+        ``step -> lr``.
+
+    Returns:
+      An ``optax.GradientTransformation`` (no state).
+
+    Raises:
+      TypeError, ValueError: a learning rate that is not a finite number
+        ``>= 0`` (a negative one would climb the loss) nor a schedule.
+    """
+    return optax.scale_by_learning_rate(_learning_rate("sgd", learning_rate))
 
 
 class MomentumState(NamedTuple):
@@ -33,8 +66,19 @@ class MomentumState(NamedTuple):
 
 
 def scale_by_momentum(beta: float = 0.9, nesterov: bool = False):
-    """``v <- beta * v + g``; the direction is ``v``, or ``g + beta * v``
-    with Nesterov's look-ahead."""
+    """The momentum direction: ``v <- beta v + g``, then ``v`` (or ``g + beta v``).
+
+    Args:
+      beta: the velocity's decay, in ``[0, 1)``.
+      nesterov: use Nesterov's look-ahead direction ``g + beta v``.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`MomentumState`.
+
+    Raises:
+      TypeError, ValueError: ``beta`` outside ``[0, 1)``.
+    """
+    beta = _number("momentum: beta", beta, 0.0, 1.0, hi_open=True)
 
     def init(params):
         return MomentumState(jax.tree.map(jnp.zeros_like, params))
@@ -55,10 +99,23 @@ def momentum(
 ) -> optax.GradientTransformation:
     """Gradient descent with momentum: ``v <- beta v + g``, ``w <- w - lr v``.
 
-    Matches ``optax.sgd(learning_rate, momentum=beta, nesterov=nesterov)``.
+    With ``nesterov=True`` the step is ``w <- w - lr (g + beta v)``. Matches
+    ``optax.sgd(learning_rate, momentum=beta, nesterov=nesterov)``.
+
+    Args:
+      learning_rate: ``lr``, a float ``>= 0`` or an optax schedule.
+      beta: the velocity's decay, in ``[0, 1)``.
+      nesterov: Nesterov's look-ahead.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      TypeError, ValueError: a learning rate or ``beta`` out of range.
     """
     return optax.chain(
-        scale_by_momentum(beta, nesterov), optax.scale_by_learning_rate(learning_rate)
+        scale_by_momentum(beta, nesterov),
+        optax.scale_by_learning_rate(_learning_rate("momentum", learning_rate)),
     )
 
 
@@ -68,13 +125,42 @@ class AdamState(NamedTuple):
     nu: optax.Updates  # shaped like params: second moment, EMA of g**2
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-    """Adam's direction with bias-corrected moments::
+def _debiased(moment, decay: float, count: jax.Array):
+    """``moment / (1 - decay**t)``, Adam's bias correction at step ``t = count``.
 
-    m <- b1 m + (1 - b1) g          m_hat = m / (1 - b1**t)
-    v <- b2 v + (1 - b2) g**2       v_hat = v / (1 - b2**t)
-    direction = m_hat / (sqrt(v_hat) + eps)
+    ``1 - decay**t`` is computed at JAX's default float precision (float64
+    under x64) and only then cast to the moment's dtype, as optax does: in
+    float32 or bfloat16 ``decay**t`` rounds, and the step drifts from the
+    formula (3e-6 over 20 float64 steps when it was computed in float32).
     """
+    correction = 1 - decay**count
+    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """Adam's direction with bias-corrected moments.
+
+    With ``g`` the gradient and ``t`` the step count, from 1::
+
+        m <- (1 - b1) g + b1 m          m_hat = m / (1 - b1**t)
+        v <- (1 - b2) g**2 + b2 v       v_hat = v / (1 - b2**t)
+        direction = m_hat / (sqrt(v_hat) + eps)
+
+    The operations run in ``optax.scale_by_adam``'s order, so the two agree
+    bit for bit in float32 and float64.
+
+    Args:
+      b1: decay of the first moment, in ``[0, 1)``.
+      b2: decay of the second moment, in ``[0, 1)``.
+      eps: added to ``sqrt(v_hat)``, so a zero gradient gives direction 0.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`AdamState`.
+    """
+
+    b1 = _number("adam: b1", b1, 0.0, 1.0, hi_open=True)
+    b2 = _number("adam: b2", b2, 0.0, 1.0, hi_open=True)
+    eps = _number("adam: eps", eps, 0.0)
 
     def init(params):
         # Two separate trees: one shared tree could not be donated twice.
@@ -84,14 +170,12 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
 
     def update(grads, state, params=None):
         count = optax.safe_increment(state.count)
-        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
-        t = count.astype(jnp.float32)
-        mu_correction, nu_correction = 1 - b1**t, 1 - b2**t
+        mu = jax.tree.map(lambda m, g: (1 - b1) * g + b1 * m, state.mu, grads)
+        nu = jax.tree.map(lambda v, g: (1 - b2) * (g * g) + b2 * v, state.nu, grads)
         direction = jax.tree.map(
-            lambda m, v: (m / mu_correction) / (jnp.sqrt(v / nu_correction) + eps),
-            mu,
-            nu,
+            lambda m, v: m / (jnp.sqrt(v) + eps),
+            _debiased(mu, b1, count),
+            _debiased(nu, b2, count),
         )
         return direction, AdamState(count, mu, nu)
 
@@ -106,10 +190,25 @@ def adam(
 ) -> optax.GradientTransformation:
     """Adam (Kingma & Ba, 2015): ``w <- w - lr * m_hat / (sqrt(v_hat) + eps)``.
 
-    Matches ``optax.adam`` with the same arguments.
+    ``m_hat`` and ``v_hat`` are the bias-corrected moments of
+    :func:`scale_by_adam`. Matches ``optax.adam`` with the same arguments,
+    bit for bit in float32 and float64.
+
+    Args:
+      learning_rate: ``lr``, a float ``>= 0`` or an optax schedule.
+      b1: decay of the first moment, in ``[0, 1)``.
+      b2: decay of the second moment, in ``[0, 1)``.
+      eps: added to ``sqrt(v_hat)``, ``>= 0``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      TypeError, ValueError: an option out of its range.
     """
     return optax.chain(
-        scale_by_adam(b1, b2, eps), optax.scale_by_learning_rate(learning_rate)
+        scale_by_adam(b1, b2, eps),
+        optax.scale_by_learning_rate(_learning_rate("adam", learning_rate)),
     )
 
 
@@ -129,9 +228,10 @@ def dynamic_loss_scale(
 
     float16 flushes magnitudes below ~6e-8 to zero, and backpropagated
     gradients often live there. With this wrapper as the *outermost*
-    optimizer, :func:`fnn.train.make_step` (and ``fit``, and
-    ``fnn.parallel.make_step``) multiply the loss by ``scale`` before the
-    backward pass; ``update`` divides the gradients by it in float32, then:
+    optimizer, :func:`gradient_step` (which ``fnn.train.make_step``, ``fit``
+    and ``fnn.parallel.make_step`` run) multiplies the loss by ``scale``
+    before the backward pass; ``update`` divides the gradients by it in
+    float32, then:
 
     - all finite: the wrapped optimizer's update; after ``growth_interval``
       finite steps in a row the scale grows by ``factor``;
@@ -145,6 +245,20 @@ def dynamic_loss_scale(
 
         opt = fnn.optim.dynamic_loss_scale(fnn.optim.adam(1e-3))
         step = fnn.train.make_step(model, loss, opt, compute_dtype=jnp.float16)
+
+    Args:
+      optimizer: the optimizer to guard, any ``optax.GradientTransformation``.
+      initial_scale: the first scale, ``> 0`` (a power of two).
+      growth_interval: finite steps in a row before the scale grows.
+      factor: what the scale grows and shrinks by, ``> 1``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is
+      :class:`LossScaleState`; extra arguments (``value=``) reach
+      ``optimizer``.
+
+    Raises:
+      ValueError: an option out of its range.
     """
     if not (initial_scale > 0 and factor > 1 and growth_interval >= 1):
         raise ValueError(
@@ -160,9 +274,9 @@ def dynamic_loss_scale(
             guarded.init(params),
         )
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         grads = jax.tree.map(lambda g: g / state.scale.astype(g.dtype), grads)
-        updates, inner = guarded.update(grads, state.inner, params)
+        updates, inner = guarded.update(grads, state.inner, params, **extra_args)
         finite = inner.last_finite
         grow = finite & (state.good_steps + 1 >= growth_interval)
         shrunk = jnp.maximum(state.scale / factor, 1.0)  # below 1 it only hides NaNs
@@ -172,15 +286,23 @@ def dynamic_loss_scale(
         good_steps = jnp.where(finite & ~grow, state.good_steps + 1, 0)
         return updates, LossScaleState(scale, good_steps.astype(jnp.int32), inner)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def loss_scale_of(opt_state) -> jax.Array | None:
     """The loss scale a :func:`dynamic_loss_scale` state holds, else ``None``.
 
-    Raises when the wrapper sits inside another transformation: the step
-    could not find the scale to multiply the loss by, and the wrapper would
-    still divide the gradients by it.
+    Args:
+      opt_state: an optimizer state.
+
+    Returns:
+      The float32 scalar scale, or ``None`` when the optimizer is not
+      wrapped in :func:`dynamic_loss_scale`.
+
+    Raises:
+      ValueError: the wrapper sits inside another transformation: the step
+        could not find the scale to multiply the loss by, and the wrapper
+        would still divide the gradients by it.
     """
     if isinstance(opt_state, LossScaleState):
         return opt_state.scale
@@ -191,3 +313,122 @@ def loss_scale_of(opt_state) -> jax.Array | None:
             "chain, dynamic_loss_scale(optax.chain(...)), not a part of it"
         )
     return None
+
+
+def gradient_step(
+    grad_fn: Callable, optimizer: optax.GradientTransformation
+) -> Callable:
+    """One training step from a gradient function and an optimizer.
+
+    The one place where loss scaling meets the gradient: the step reads the
+    scale from ``opt_state`` (:func:`loss_scale_of`; ``None`` without
+    :func:`dynamic_loss_scale`), asks ``grad_fn`` for the gradient of
+    ``scale * J``, and the wrapper's ``update`` divides it back and adjusts
+    the scale. Then ``params <- params + updates``. Optimizers that take
+    extra arguments (``optax.GradientTransformationExtraArgs``, such as
+    ``optax.contrib.reduce_on_plateau``) receive ``value=loss``; others
+    ignore it (``optax.with_extra_args_support``).
+
+    Args:
+      grad_fn: ``grad_fn(params, state, x, y, *, key, loss_scale) ->
+        ((loss, new_state), grads)``, as :func:`fnn.backprop.value_and_grad`
+        builds.
+      optimizer: any ``optax.GradientTransformation``.
+
+    Returns:
+      A pure ``step(params, state, opt_state, x, y, key) -> (params, state,
+      opt_state, loss)``, to be jitted by the caller (``fnn.train.make_step``
+      does, donating the first three).
+    """
+    optimizer = optax.with_extra_args_support(optimizer)
+
+    def step(params, state, opt_state, x, y, key):
+        scale = loss_scale_of(opt_state)
+        (value, state), grads = grad_fn(params, state, x, y, key=key, loss_scale=scale)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    return step
+
+
+# --------------------------------------------------------------------------
+# Transfer learning: train some leaves, freeze the rest
+
+
+def _trainable_flags(trainable, params):
+    """A tree of Python bools shaped like ``params``: True where it trains."""
+    if callable(trainable):
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+        flags = []
+        for path, leaf in flat:
+            flag = trainable(jax.tree_util.keystr(path), leaf)
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(
+                    f"freeze: the predicate must return a Python bool for each "
+                    f"leaf, got {flag!r} for {jax.tree_util.keystr(path)}"
+                )
+            flags.append(bool(flag))
+        return jax.tree.unflatten(treedef, flags)
+
+    def broadcast(flag, subtree):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"freeze: trainable leaves must be bools, got {flag!r}")
+        return jax.tree.map(lambda _: bool(flag), subtree)
+
+    try:
+        return jax.tree.map(broadcast, trainable, params)
+    except ValueError as e:
+        raise ValueError(
+            f"freeze: trainable must be shaped like params (or a prefix of it, "
+            f"e.g. one bool per layer): trainable has structure "
+            f"{jax.tree.structure(trainable)}, params {jax.tree.structure(params)}"
+        ) from e
+
+
+def freeze(
+    optimizer: optax.GradientTransformation, trainable
+) -> optax.GradientTransformation:
+    """``optimizer`` on the trainable leaves only; the others stay frozen.
+
+    A frozen leaf gets an update of exactly zero (``optax.set_to_zero``), so
+    ``w <- w + 0`` leaves it bit for bit as it was, and the optimizer keeps
+    no state for it (no Adam moments): ``optax.multi_transform`` hands the
+    wrapped optimizer only the trainable leaves. The gradient of a frozen
+    leaf is still computed; it is simply not used.
+
+    Args:
+      optimizer: any ``optax.GradientTransformation`` (an fnn optimizer, an
+        ``optax.chain``, ...).
+      trainable: which leaves train. Either a pytree of bools shaped like
+        ``params``, or a prefix of it (``(False, (), True)`` for a
+        three-layer ``serial``: a whole layer at once); or a predicate
+        ``trainable(path, leaf) -> bool`` with ``path`` the leaf's path as
+        ``check`` reports print it, e.g. ``"[0]['w']"``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      TypeError, ValueError: at ``init``/``update``, when ``trainable`` has
+        non-bool leaves, does not fit ``params``, or the predicate returns
+        something other than a bool.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from fnn import optim
+      >>> params = {"body": jnp.ones(2), "head": jnp.ones(2)}
+      >>> opt = optim.freeze(optim.adam(0.1), {"body": False, "head": True})
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"body": jnp.ones(2), "head": jnp.ones(2)},
+      ...                             state, params)
+      >>> updates["body"].tolist(), [round(u, 4) for u in updates["head"].tolist()]
+      ([0.0, 0.0], [-0.1, -0.1])
+    """
+
+    def labels(tree):
+        flags = _trainable_flags(trainable, tree)
+        return jax.tree.map(lambda f: "trainable" if f else "frozen", flags)
+
+    return optax.multi_transform(
+        {"trainable": optimizer, "frozen": optax.set_to_zero()}, labels
+    )

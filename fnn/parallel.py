@@ -8,11 +8,38 @@ statistics, ``dw = x^T dy``) and inserts the cross-device all-reduce itself,
 so batch-norm statistics are global across shards and the result equals one
 device's, to float round-off.
 
-Multi-host: call ``jax.distributed.initialize()`` at start-up on every host
-(before any other JAX call); ``jax.devices()`` then lists every host's
-devices, and each host passes its own slice of the global batch, in process
-order, to the step (it is assembled with
-``jax.make_array_from_process_local_data``).
+Several processes (hosts, or OS processes on one machine): every process
+runs the same program.
+
+1. Launch: start one Python process per host (or per group of devices)
+   and, before any other JAX call, join them::
+
+       jax.distributed.initialize(coordinator_address="10.0.0.1:1234",
+                                  num_processes=2, process_id=i)
+
+   (on one machine, ``"127.0.0.1:<free port>"``; on CPUs, first
+   ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` so
+   that the all-reduces run across processes). ``jax.devices()`` then
+   lists every process's devices, and ``make_step`` builds its mesh over
+   all of them.
+2. Data: each process loads only its own slice of every global batch (the
+   examples ``[i * B // n, (i + 1) * B // n)`` of batch ``B`` for process
+   ``i`` of ``n``, the same batch order everywhere) and passes that slice
+   to the step, which assembles the global batch with
+   ``jax.make_array_from_process_local_data``. Parameters, state and
+   optimizer state start equal in every process (same seed) and stay
+   replicated: every process holds the same values after each step.
+3. Checkpoints: since the parameters are replicated, process 0 alone
+   saves (``if jax.process_index() == 0: checkpoint.save(path, tree)``)
+   to storage that every process can read; then all processes wait for it
+   (e.g. ``jax.experimental.multihost_utils.sync_global_devices("saved")``)
+   before going on.
+4. Resuming: every process loads the same checkpoint and continues with
+   the same step count and batch order.
+
+``tests/test_parallel.py`` runs two processes on localhost, each feeding
+half of the global batch, and checks parameters, batch-norm statistics and
+losses against one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -29,7 +56,17 @@ from fnn.protocol import Layer
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh ``("data",)`` over ``devices`` (default: all devices)."""
+    """A one-axis mesh ``("data",)`` over ``devices``.
+
+    Args:
+      devices: the devices; default ``jax.devices()``, every process's.
+
+    Returns:
+      A ``jax.sharding.Mesh`` with the one axis ``"data"``.
+
+    Raises:
+      ValueError: for an empty list of devices.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("fnn.parallel: no devices given")
@@ -51,11 +88,26 @@ def make_step(
     ``step(params, state, opt_state, x, y, key) -> (params, state, opt_state,
     loss)``, with ``x`` and ``y`` split along their first axis over
     ``devices`` (whose number must divide the batch size) and everything
-    else replicated. ``params``, ``state`` and ``opt_state`` are donated;
-    ``compute_dtype`` is the mixed precision of :func:`fnn.train.make_step`.
+    else replicated. ``params``, ``state`` and ``opt_state`` are donated.
+    With several processes, each passes its own slice of the global batch
+    (see the module docstring).
+
+    Args:
+      model, loss, optimizer: as for :func:`fnn.train.make_step`.
+      devices: the devices to split the batch over; default all of them,
+        every process's.
+      method: ``"autodiff"`` or ``"manual"``, as for
+        :func:`fnn.train.make_step`.
+      compute_dtype: the mixed precision of :func:`fnn.train.make_step`.
+
+    Returns:
+      The step function; ``step.lower`` lowers it for inspection.
+
+    Raises:
+      ValueError: at a call, when the (per-process) batch does not divide
+        over the devices.
     """
     mesh = data_mesh(devices)
-    n = mesh.size
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec("data"))
     jitted = jax.jit(
@@ -65,6 +117,10 @@ def make_step(
         donate_argnums=(0, 1, 2),
     )
     multi_host = jax.process_count() > 1
+    # Each process passes its own slice, which must split over its devices.
+    here = jax.process_index()
+    n = sum(d.process_index == here for d in mesh.devices.flat)
+    devices_named = f"this process's {n} devices" if multi_host else f"the {n} devices"
 
     def step(params, state, opt_state, x, y, key):
         # Checked here, before jit places the batch: an indivisible batch
@@ -73,7 +129,7 @@ def make_step(
             if np.shape(a)[0] % n:
                 raise ValueError(
                     f"fnn.parallel.make_step: the batch of {name} has "
-                    f"{np.shape(a)[0]} examples, not divisible by the {n} devices"
+                    f"{np.shape(a)[0]} examples, not divisible by {devices_named}"
                 )
         if multi_host:  # each host holds its own slice of the global batch
             x = jax.make_array_from_process_local_data(split, x)
@@ -83,14 +139,3 @@ def make_step(
     step.lower = jitted.lower  # for inspecting the compiled program
     return step
 
-
-def replicate(tree, devices: Sequence[jax.Device] | None = None):
-    """Places every leaf of ``tree`` on all ``devices``, e.g. parameters."""
-    return jax.device_put(tree, NamedSharding(data_mesh(devices), PartitionSpec()))
-
-
-def shard_batch(tree, devices: Sequence[jax.Device] | None = None):
-    """Splits every leaf of ``tree`` along its first axis over ``devices``."""
-    return jax.device_put(
-        tree, NamedSharding(data_mesh(devices), PartitionSpec("data"))
-    )

@@ -36,12 +36,29 @@ The four functions
 Layers compose with the combinators in :mod:`fnn.combinators`; a composite's
 backward calls its children's backward in reverse order, adding cotangents
 where one value feeds several consumers.
+
+Values and constructors
+-----------------------
+
+A :class:`Layer` is a value. Layers that take no options at all are
+module-level values (``Relu``, ``Tanh``, ``GeluTanh``); every other layer is
+built by calling its constructor (``Dense(10)``, ``Flatten()``,
+``LeakyRelu(alpha=0.1)``). A layer itself is never called: ``Relu()`` and
+``model(x)`` raise a :class:`TypeError` that names what to write instead.
+
+A layer's ``name`` is the call that builds it: required options by
+position, every other option as ``key=value`` only when it differs from its
+default (``Dense(256, use_bias=False)``); see :func:`layer_name`.
+
+The checks in this module run on shapes only, at ``init`` or at trace time:
+under ``jax.jit`` they cost nothing when the step runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -58,6 +75,8 @@ NO_KEY_MSG = (
     "model.apply(params, state, x, key=jax.random.key(0), train=True), "
     "or call it with train=False for evaluation."
 )
+BATCH_AXIS_HINT = "did you pass x.shape instead of x.shape[1:] to init?"
+_NO_X = object()  # apply's marker for a forgotten argument
 
 
 class ShapeError(ValueError):
@@ -76,8 +95,18 @@ class Layer(NamedTuple):
       forward: ``(params, state, x, *, key=None, train=False)
         -> (y, new_state, cache)``.
       backward: ``(params, cache, dy) -> (dparams, dx)``, hand-written.
-      name: how the layer reads in errors, summaries and reports.
+      name: the call that builds the layer (see :func:`layer_name`); how
+        the layer reads in errors, summaries and reports.
       layers: the child layers of a combinator, for :func:`summary`.
+      scans_well: ``False`` for a layer whose XLA program runs markedly
+        slower inside a ``lax.scan`` body than at the top level on some
+        backend (convolutions on XLA:CPU). ``fit`` reads it, through
+        ``fnn._backend.scan_by_default``, to pick a compiled-scan epoch or a
+        loop of jitted steps; combinators need not set it, their children
+        are walked.
+      kind: what the layer is, for tools that walk a model: ``"serial"``
+        and ``"residual"`` for the blocks :func:`fnn.layers.summary`
+        expands, ``"layer"`` otherwise. Never parse ``name`` for this.
     """
 
     init: Callable[..., tuple[Any, Params, State]]
@@ -85,37 +114,95 @@ class Layer(NamedTuple):
     backward: Callable[[Params, Cache, Any], tuple[Params, Any]]
     name: str = "layer"
     layers: tuple = ()
+    scans_well: bool = True
+    kind: str = "layer"
 
-    def apply(self, params, state, x, *, key=None, train=False):
-        """Runs the layer: ``forward`` without the cache."""
+    def apply(self, params, state, x=_NO_X, *, key=None, train=False):
+        """Runs the layer: ``forward`` without the cache.
+
+        Args:
+          params, state: what ``init`` returned (``()`` when there is none).
+          x: the input, with a leading batch axis.
+          key: PRNG key for layers that draw randomness in training.
+          train: training behaviour (dropout, batch statistics).
+
+        Returns:
+          ``(y, new_state)``.
+
+        Raises:
+          TypeError: when ``state`` was left out, ``apply(params, x)``.
+        """
+        if x is _NO_X:
+            raise TypeError(
+                f"{self.name}: apply takes (params, state, x); got two arguments, "
+                "so the state is missing. Write y, state = model.apply(params, "
+                "state, x) with the state that init returned (() when the "
+                "model has none)"
+            )
         y, new_state, _ = self.forward(params, state, x, key=key, train=train)
         return y, new_state
 
-    def __call__(self):
-        # ``Relu`` and ``Relu()`` name the same layer, so users need not
-        # remember which activation layers take options.
-        return self
+    def __call__(self, *args, **kwargs):
+        if args or kwargs:
+            raise TypeError(
+                f"{self.name} is not called on data: write y, state = "
+                "model.apply(params, state, x), with _, params, state = "
+                "model.init(key, x.shape[1:])"
+            )
+        raise TypeError(
+            f"{self.name} is already a layer, not a constructor: write "
+            f"{self.name} without the ()"
+        )
 
     def __repr__(self):
         return self.name
 
 
+# --------------------------------------------------------------------------
+# shapes at init
+
+
 def is_shape(shape) -> bool:
     """True for a per-example shape: a tuple of non-negative ints."""
     return isinstance(shape, tuple) and all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0
+        for d in shape
     )
 
 
 def check_shape(name: str, shape, *, min_rank: int = 0) -> Shape:
-    """Validates a per-example ``input_shape`` given to ``init``."""
+    """Validates a per-example ``input_shape`` given to ``init``.
+
+    Args:
+      name: the layer, for the message.
+      shape: a tuple (or list) of non-negative ints, without the batch axis;
+        NumPy integers are accepted.
+      min_rank: the least rank the layer accepts.
+
+    Returns:
+      ``shape`` as a tuple of Python ints.
+
+    Raises:
+      ShapeError: for anything else. An array given in place of its shape
+        is named by its shape, never printed.
+    """
     if isinstance(shape, list):
         shape = tuple(shape)
     if not is_shape(shape):
+        if hasattr(shape, "shape") and hasattr(shape, "dtype"):
+            got = (
+                f"an array of shape {tuple(shape.shape)} and dtype {shape.dtype}; "
+                f"pass a shape, e.g. x.shape[1:] for a batch x"
+            )
+        elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+            got = f"{shape!r}; write ({shape},)"
+        else:
+            got = repr(shape)
         raise ShapeError(
             f"{name}: input_shape must be a tuple of non-negative ints without "
-            f"the batch axis, e.g. (784,) or (28, 28, 1); got {shape!r}"
+            f"the batch axis, e.g. (784,) or (28, 28, 1); got {got}"
         )
+    shape = tuple(int(d) for d in shape)
     if len(shape) < min_rank:
         raise ShapeError(
             f"{name}: expected an input of rank >= {min_rank} per example, "
@@ -135,34 +222,159 @@ def check_sequence_shape(name: str, shape) -> Shape:
     return shape
 
 
-def check_input(name: str, x, expected: Shape, *, what: str = "input") -> None:
-    """Checks at trace time that ``x`` (with a batch axis) fits ``expected``.
+# --------------------------------------------------------------------------
+# inputs and parameters at trace time
 
-    ``expected`` is the per-example shape; ``-1`` in it matches any size.
+
+def _fits(actual: Shape, expected) -> bool:
+    expected = tuple(expected)
+    if expected[:1] == (...,):
+        rest = expected[1:]
+        tail = actual[len(actual) - len(rest) :]
+        return len(actual) >= len(rest) and _fits(tail, rest)
+    return len(actual) == len(expected) and all(
+        e is None or e == -1 or isinstance(e, str) or e == a
+        for e, a in zip(expected, actual)
+    )
+
+
+def _show(expected) -> str:
+    shown = [
+        "..." if e is ... else "?" if e is None or e == -1 else str(e) for e in expected
+    ]
+    comma = "," if len(shown) == 1 and shown[0] != "..." else ""
+    return f"({', '.join(shown)}{comma})"
+
+
+def check_input(
+    name: str, x, expected, *, what: str = "input", hint=None
+) -> None:
+    """Checks at trace time that a batch ``x`` fits a per-example shape.
+
+    The one input check of every layer: it reads shapes only, so under
+    ``jax.jit`` it runs once, when the step is traced, and costs nothing
+    afterwards.
+
+    Args:
+      name: the layer, e.g. ``"Dense(10)"``.
+      x: the batch, with a leading batch axis.
+      expected: the per-example shape. Entries: an int (that size), a
+        string (any size, shown as that letter: ``"T"``, ``"H"``), ``None``
+        or ``-1`` (any size, shown as ``?``); a leading ``...`` matches any
+        number of leading axes.
+      what: what ``x`` is, for the message (``"input"``, ``"keys"``).
+      hint: text appended after ``"; "``, or a function of the per-example
+        shape returning such text or ``None``.
+
+    Raises:
+      ShapeError: e.g. ``Dense(10): expected input (..., 784), got
+        (28, 28, 1) per example (batch shape (2, 28, 28, 1)); add Flatten()
+        before it``.
+      TypeError: when ``x`` is no array (a list, say).
     """
-    actual = tuple(x.shape[1:]) if x.ndim >= 1 else None
-    fits = actual is not None and len(actual) == len(expected)
-    fits = fits and all(e in (-1, a) for e, a in zip(expected, actual))
-    if not fits:
-        shown = tuple("?" if e == -1 else e for e in expected)
-        raise ShapeError(
-            f"{name}: expected {what} of shape (batch, {', '.join(map(str, shown))}"
-            f"{',' if len(shown) == 1 else ''}), got {tuple(x.shape)}"
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(
+            f"{name}: expected {what} as an array, got a {type(x).__name__}; "
+            "convert it with jnp.asarray"
         )
+    shape = tuple(x.shape)
+    if len(shape) >= 1 and _fits(shape[1:], expected):
+        return
+    got = (
+        f"{shape[1:]} per example (batch shape {shape})"
+        if shape
+        else "a scalar without a batch axis"
+    )
+    message = f"{name}: expected {what} {_show(expected)}, got {got}"
+    if callable(hint):
+        hint = hint(shape[1:]) if shape else None
+    raise ShapeError(message + (f"; {hint}" if hint else ""))
 
 
-def check_positive_int(name: str, what: str, value) -> int:
-    """Validates a constructor option that must be a positive int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
-    return value
+def check_leaves(name: str, what: str, tree, expected) -> None:
+    """Checks at trace time that ``params`` or ``state`` fit a layer.
+
+    Args:
+      name: the layer, for the message.
+      what: ``"params"`` or ``"state"``.
+      tree: what the caller passed.
+      expected: ``()`` for a layer without any, or a dict from key to
+        shape (``None`` entries in a shape match any size; ``None`` for the
+        whole shape takes any subtree): the dict must have exactly these
+        keys and its arrays these shapes.
+
+    Raises:
+      ShapeError: naming the first key or shape that differs, so that the
+        parameters of another model (or of this one built for another
+        input) never broadcast into a silent wrong answer.
+    """
+    if not expected:
+        if jax.tree.leaves(tree):
+            raise ShapeError(
+                f"{name}: has no {what}, got {_describe_tree(tree)}; pass the "
+                f"{what} that this model's init returned"
+            )
+        return
+    if not isinstance(tree, Mapping) or set(tree) != set(expected):
+        raise ShapeError(
+            f"{name}: {what} must be a dict with keys {sorted(expected)}, got "
+            f"{_describe_tree(tree)}; were they made by another model's init?"
+        )
+    for k, want in expected.items():
+        if want is None:
+            continue
+        got = tuple(jnp.shape(tree[k]))
+        if not _fits(got, want):
+            raise ShapeError(
+                f"{name}: {what}[{k!r}] has shape {got}, but this layer needs "
+                f"{_show(want)}; were they made by another model's init?"
+            )
+
+
+def _describe_tree(tree) -> str:
+    if isinstance(tree, Mapping):
+        return f"a dict with keys {sorted(map(str, tree))}"
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of length {len(tree)}"
+    return f"a {type(tree).__name__}"
+
+
+def check_key(name: str, key):
+    """Checks that ``key`` is a PRNG key, not a seed.
+
+    Accepts typed keys (``jax.random.key(0)``) and raw ``uint32`` ones
+    (``jax.random.PRNGKey(0)``).
+
+    Raises:
+      TypeError: for an int seed or anything else, saying how to make a key.
+    """
+    typed = hasattr(key, "dtype") and jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key
+    )
+    raw = hasattr(key, "dtype") and key.dtype == jnp.uint32 and key.shape[-1:] == (2,)
+    if not (typed or raw):
+        got = (
+            f"{type(key).__name__} {key!r}"
+            if isinstance(key, (numbers.Number, str, type(None)))
+            else f"a {type(key).__name__}"
+        )
+        raise TypeError(
+            f"{name}: expected a PRNG key, got {got}; make one from a seed "
+            "with jax.random.key(seed)"
+        )
+    return key
 
 
 def require_key(name: str, key):
-    """Raises :class:`MissingKeyError` when a training layer got no key."""
+    """Returns ``key`` for a layer that needs randomness in training.
+
+    Raises:
+      MissingKeyError: when the key is ``None``.
+      TypeError: when it is not a PRNG key (an int seed, say).
+    """
     if key is None:
         raise MissingKeyError(NO_KEY_MSG.format(name=name))
-    return key
+    return check_key(name, key)
 
 
 def size(shape: Shape) -> int:
@@ -179,6 +391,18 @@ def per_channel(v, ndim: int):
     return v.reshape((1,) * (ndim - 1) + v.shape[-1:])
 
 
+def shape_carrier(x, axes=None):
+    """A zero-size array that carries ``x``'s per-example shape in a cache.
+
+    Caches must hold arrays (they cross ``jax.custom_vjp``), not Python
+    ints; an array of shape ``(0, *x.shape[1:])`` costs no memory, and its
+    ``shape[1:]`` (or, with ``axes``, ``shape[1:]`` is ``x.shape[a]`` for
+    each ``a`` in ``axes``) gives the shape back in the backward pass.
+    """
+    kept = x.shape[1:] if axes is None else tuple(x.shape[a] for a in axes)
+    return jnp.zeros((0, *kept), x.dtype)
+
+
 def per_example_shape(x):
     """The per-example shape of a batch ``x``, or a tuple of them for tuples."""
     if isinstance(x, (tuple, list)):
@@ -186,38 +410,7 @@ def per_example_shape(x):
     return tuple(x.shape[1:])
 
 
-def check_params(layer: Layer, params, state, input_shape) -> None:
-    """Checks that ``params`` and ``state`` fit ``layer`` for ``input_shape``.
-
-    Compares tree structure and leaf shapes with what ``layer.init`` returns
-    (traced with ``jax.eval_shape``: nothing is allocated), and names the
-    first leaf that differs. Catches parameters from another model, or from
-    the same model built for another input size, before they meet an XLA
-    error or, worse, broadcast into silent garbage.
-    """
-    _, want_params, want_state = jax.eval_shape(
-        lambda key: layer.init(key, input_shape), jax.random.key(0)
-    )
-    for what, got, want in (
-        ("params", params, want_params),
-        ("state", state, want_state),
-    ):
-        got_leaves = jax.tree_util.tree_flatten_with_path(got)[0]
-        want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
-        got_paths = [jax.tree_util.keystr(p) for p, _ in got_leaves]
-        want_paths = [jax.tree_util.keystr(p) for p, _ in want_leaves]
-        if got_paths != want_paths:
-            missing = [p for p in want_paths if p not in got_paths]
-            extra = [p for p in got_paths if p not in want_paths]
-            raise ValueError(
-                f"{layer.name}: {what} do not match the model: missing "
-                f"{missing[:3] or 'nothing'}, unexpected {extra[:3] or 'nothing'}. "
-                f"Were they made by another model's init?"
-            )
-        for (path, g), (_, w) in zip(got_leaves, want_leaves):
-            if tuple(jnp.shape(g)) != tuple(w.shape):
-                raise ValueError(
-                    f"{layer.name}: {what}{jax.tree_util.keystr(path)} has shape "
-                    f"{tuple(jnp.shape(g))}, but for input shape {input_shape} the "
-                    f"model needs {tuple(w.shape)}"
-                )
+# Re-exported: constructor options and whole-model checks live in their own
+# modules (which import from this one, hence the imports at the end).
+from fnn.options import check_positive_int, check_real, layer_name  # noqa: E402, F401
+from fnn.params_check import batch_axis_hint, check_params  # noqa: E402, F401

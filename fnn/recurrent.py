@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from fnn import initializers
 from fnn.protocol import (
     Layer,
-    ShapeError,
+    check_input,
+    check_leaves,
     check_positive_int,
     check_sequence_shape,
     per_channel,
@@ -60,14 +61,12 @@ def _init_params(name, key, input_shape, hidden, gates):
     return (t, hidden), params
 
 
-def _check_input(name, params, x):
-    d = params["w_x"].shape[0]
-    if x.ndim == 3 and x.shape[-1] == d:
-        return
-    raise ShapeError(
-        f"{name}: expected input (T, {d}) per example, got "
-        f"{tuple(x.shape[1:])} (batch shape {tuple(x.shape)})"
-    )
+def _check_call(name, params, x, hidden, gates, extra=None):
+    """The trace-time checks of every recurrent ``forward``: input, params."""
+    g = gates * hidden
+    expected = {"w_x": (None, g), "w_h": (hidden, g), "b": (g,)} | (extra or {})
+    check_leaves(name, "params", params, expected)
+    check_input(name, x, ("T", params["w_x"].shape[0]))
 
 
 def _input_projection(params, x):
@@ -84,6 +83,11 @@ def _zeros_state(xp, params, hidden):
 def _shift(hs):
     """States one step back, time-major: ``[0, h_0, ..., h_{T-2}]``."""
     return jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], axis=0)
+
+
+def _zeros_step(hs):
+    """Zeros like one step of ``hs`` ``(T, N, H)``; also when ``T = 0``."""
+    return jnp.zeros(hs.shape[1:], hs.dtype)
 
 
 def _batch_major(a):
@@ -123,6 +127,25 @@ def SimpleRNN(hidden: int) -> Layer:
         dh_t = da_t w_h^T            # carried to step t - 1
 
     then the module-level reductions with ``dz_t = da_t``.
+
+    Args:
+      hidden: the size of the state ``h_t``, a positive int.
+
+    Returns:
+      A :class:`~fnn.protocol.Layer`, ``(N, T, d) -> (N, T, hidden)``.
+
+    Raises:
+      ValueError: at construction, for a ``hidden`` that is not a positive
+        int (``SimpleRNN(0)``, ``SimpleRNN(2.5)``).
+      ShapeError: at ``init`` for an input that is not ``(T, d)``, and at
+        trace time for an input of another ``d`` or another layer's params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> layer = SimpleRNN(4)
+      >>> out_shape, params, state = layer.init(jax.random.key(0), (5, 3))
+      >>> out_shape, params["w_h"].shape
+      ((5, 4), (4, 4))
     """
     hidden = check_positive_int("SimpleRNN", "hidden", hidden)
     name = f"SimpleRNN({hidden})"
@@ -132,7 +155,7 @@ def SimpleRNN(hidden: int) -> Layer:
         return out_shape, params, ()
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_input(name, params, x)
+        _check_call(name, params, x, hidden, 1)
         xp = _input_projection(params, x)
         w_h = params["w_h"]
 
@@ -152,7 +175,7 @@ def SimpleRNN(hidden: int) -> Layer:
             da = (dy_t + dh_next) * gain_t
             return da @ w_h_t, da
 
-        dh_end = jnp.zeros_like(hs[0])
+        dh_end = _zeros_step(hs)
         _, da = jax.lax.scan(step, dh_end, (_batch_major(dy), 1 - hs**2), reverse=True)
         return _reduce(params, x, _shift(hs), da, da)
 
@@ -190,6 +213,18 @@ def LSTM(hidden: int) -> Layer:
 
     The factors that multiply ``dc`` and ``dh`` depend only on the forward
     pass, so they are computed for all steps before the reverse scan.
+
+    Args:
+      hidden: the size of ``h_t`` and ``c_t``, a positive int.
+
+    Returns:
+      The layer; every ``h_t`` of a batch, ``(N, T, hidden)``.
+
+    Raises:
+      ValueError: when ``hidden`` is not a positive int (``LSTM(True)``).
+      ShapeError: when ``init`` gets a shape other than ``(T, d)``; when the
+        traced input has another ``d``, or the params were made by another
+        layer (an ``LSTM`` of another size, a ``GRU``).
     """
     hidden = check_positive_int("LSTM", "hidden", hidden)
     name = f"LSTM({hidden})"
@@ -201,7 +236,7 @@ def LSTM(hidden: int) -> Layer:
         return out_shape, params, ()
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_input(name, params, x)
+        _check_call(name, params, x, hidden, 4)
         xp = _input_projection(params, x)
         w_h = params["w_h"]
 
@@ -244,7 +279,7 @@ def LSTM(hidden: int) -> Layer:
             dz = jnp.concatenate([dc, dc, dc, dh], axis=-1) * gain_t
             return (dz @ w_h_t, dc * f_t), dz
 
-        zero = jnp.zeros_like(hs[0])
+        zero = _zeros_step(hs)
         _, dz = jax.lax.scan(
             step,
             (zero, zero),
@@ -293,6 +328,18 @@ def GRU(hidden: int) -> Layer:
     so the reverse scan carries and emits only ``dh``; the factors and the
     reductions (``w_x``, ``b`` from ``da``; ``w_h`` from ``du``) are
     computed for all steps outside it.
+
+    Args:
+      hidden: the size of ``h_t``, a positive int; the gates take ``3 hidden``
+        columns of ``w_x`` and ``w_h``.
+
+    Returns:
+      The GRU layer, mapping a batch ``(N, T, d)`` to ``(N, T, hidden)``.
+
+    Raises:
+      ValueError: unless ``hidden`` is a positive int, as ``GRU(64)``.
+      ShapeError: for a per-example input shape that is not ``(T, d)`` (at
+        ``init``), or, at trace time, an input or parameters that do not fit.
     """
     hidden = check_positive_int("GRU", "hidden", hidden)
     name = f"GRU({hidden})"
@@ -304,7 +351,7 @@ def GRU(hidden: int) -> Layer:
         return out_shape, params, ()
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_input(name, params, x)
+        _check_call(name, params, x, hidden, 3, {"b_hn": (hidden,)})
         xp = _input_projection(params, x)
         w_h = params["w_h"]
         b_hn = per_channel(params["b_hn"], 2)
@@ -340,7 +387,7 @@ def GRU(hidden: int) -> Layer:
             return dh * z_t + du @ w_h_t, dh
 
         _, dh = jax.lax.scan(
-            step, jnp.zeros_like(hs[0]), (_batch_major(dy), z, gain_u), reverse=True
+            step, _zeros_step(hs), (_batch_major(dy), z, gain_u), reverse=True
         )
         dh3 = jnp.concatenate([dh, dh, dh], axis=-1)
         du = dh3 * gain_u
@@ -350,3 +397,4 @@ def GRU(hidden: int) -> Layer:
         return dparams, dx
 
     return Layer(init, forward, backward, name)
+

@@ -1,4 +1,4 @@
-"""Training: one jitted step, a whole epoch as one compiled scan, and ``fit``.
+"""Training: one jitted step, a whole epoch as one compiled loop, and ``fit``.
 
 ``make_step`` returns the step a JAX user would write by hand::
 
@@ -7,18 +7,22 @@
     params = optax.apply_updates(params, updates)
 
 jitted once, with the old parameters, state and optimizer state donated so
-XLA updates them in place. ``fit`` runs each epoch as one compiled
-``lax.scan`` over shuffled minibatches gathered from the data on the device,
-so an epoch costs one Python call, not one per minibatch.
+XLA updates them in place. ``fit`` runs each epoch as one compiled loop
+over shuffled minibatches gathered from the data on the device
+(:mod:`fnn._epoch`), so an epoch costs one Python call, not one per
+minibatch. Around it, ``fit`` is a short loop over small pieces: the checks
+of its arguments (:mod:`fnn._train_checks`), the display
+(:mod:`fnn.progress`), the rollback after a non-finite loss
+(:func:`fnn._epoch.rollback`) and early stopping
+(:mod:`fnn.early_stopping`).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import jax
@@ -26,22 +30,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn import backprop, losses, optim
+from fnn import _backend, _epoch, _stream, backprop, metrics, optim
+from fnn import _train_checks as checks
+from fnn.early_stopping import EarlyStopping
+from fnn.progress import Progress, summary
 from fnn.protocol import Layer
 
 
 def _step_fn(
-    model: Layer, loss, optimizer, method: str, compute_dtype=None
+    model: Layer, loss, optimizer, method: str, compute_dtype=None, regularizer=None
 ) -> Callable:
-    grad_fn = backprop.value_and_grad(model, loss, method, compute_dtype=compute_dtype)
+    """The pure step ``make_step`` jits (``fnn.parallel`` shards the same one).
 
-    def step(params, state, opt_state, x, y, key):
-        scale = optim.loss_scale_of(opt_state)  # None unless float16 loss scaling
-        (value, state), grads = grad_fn(params, state, x, y, key=key, loss_scale=scale)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state, value
-
-    return step
+    Loss scaling, and the loss passed as ``value=`` to optimizers that take
+    extra arguments, happen in :func:`fnn.optim.gradient_step`, in one place.
+    """
+    grad_fn = backprop.value_and_grad(
+        model, loss, method, regularizer=regularizer, compute_dtype=compute_dtype
+    )
+    return optim.gradient_step(grad_fn, optimizer)
 
 
 def make_step(
@@ -51,25 +58,46 @@ def make_step(
     *,
     method: str = "autodiff",
     compute_dtype=None,
+    regularizer=None,
 ) -> Callable:
-    """A jitted training step.
+    """A jitted training step, with its inputs donated.
 
-    ``compute_dtype`` (e.g. ``jnp.bfloat16``) runs forward and backward at
-    that precision with float32 master weights, loss and optimizer state;
-    see :func:`fnn.backprop.value_and_grad`. For ``jnp.float16``, whose
-    range is narrow, wrap the optimizer in
-    :func:`fnn.optim.dynamic_loss_scale`: the step then scales the loss by
-    the scale held in ``opt_state``.
+    Args:
+      model: the network, a :class:`~fnn.protocol.Layer`.
+      loss: ``loss(pred, target) -> scalar``; for ``method="manual"`` it also
+        needs ``loss.grad`` (every loss of :mod:`fnn.losses` has one).
+      optimizer: an ``optax.GradientTransformation``. One taking extra
+        arguments (``optax.GradientTransformationExtraArgs``, e.g. a chain
+        holding ``optax.contrib.reduce_on_plateau``) receives the step's loss
+        as ``value=``.
+      method: ``"autodiff"`` or ``"manual"`` gradients.
+      compute_dtype: e.g. ``jnp.bfloat16``: forward and backward at that
+        precision, with float32 master weights, loss and optimizer state
+        (see :func:`fnn.backprop.value_and_grad`). For ``jnp.float16``, whose
+        range is narrow, wrap the optimizer in
+        :func:`fnn.optim.dynamic_loss_scale`.
+      regularizer: ``r(params) -> scalar`` added to the loss, e.g.
+        ``fnn.losses.penalty(l2=1e-4)``; ``method="manual"`` needs its
+        ``r.grad(params)`` too.
 
     Returns:
       ``step(params, state, opt_state, x, y, key) -> (params, state,
-      opt_state, loss)``. ``params``, ``state`` and ``opt_state`` are donated:
-      do not use the ones you passed in after the call. ``key`` feeds
-      dropout; pass a fresh one each step (``None`` when the model has no
-      randomness).
+      opt_state, loss)``, compiled on its first call. **The ``params``,
+      ``state`` and ``opt_state`` passed in are donated**: XLA reuses their
+      buffers for the results, and using them after the call raises
+      "Array has been deleted". Keep the returned ones (or pass copies,
+      ``jax.tree.map(jnp.copy, params)``, to keep the originals). ``key``
+      feeds dropout: pass a fresh one each step (``None`` when the model
+      has no randomness).
+
+      The step cannot check label values: they are traced. An integer label
+      outside ``[0, C)`` for ``C`` classes silently trains as an all-zero
+      target (loss 0). ``fit`` and ``evaluate`` check labels before they
+      compile; with ``make_step``, check them yourself once, e.g.
+      ``assert 0 <= y.min() and y.max() < C``.
     """
     return jax.jit(
-        _step_fn(model, loss, optimizer, method, compute_dtype),
+        _step_fn(model, loss, optimizer, method, compute_dtype, regularizer),
         donate_argnums=(0, 1, 2),
     )
 
@@ -81,27 +109,50 @@ def make_step(
 def evaluate(
     model: Layer, loss, params, state, x, y, *, batch_size: int = 1024
 ) -> dict[str, float]:
-    """Mean loss (and accuracy, for integer labels) in evaluation mode.
+    """Mean loss, and accuracy where it means something, in evaluation mode.
 
     Runs over ``x`` in batches of ``batch_size`` so large test sets fit in
-    memory; the result weighs each batch by its size.
+    memory; the result weighs each batch by its size. The accuracy reads
+    predictions as the loss does (:func:`fnn.metrics.accuracy`): argmax of
+    several class scores, ``pred > 0`` for ``sigmoid_binary_cross_entropy``
+    logits, ``pred > 0.5`` for ``binary_cross_entropy`` probabilities, the
+    sign for ``hinge``.
+
+    Args:
+      model, loss: the network and the loss it was trained with.
+      params, state: the trained parameters and state.
+      x, y: the examples and targets, arrays (or nested lists) with a
+        leading example axis of the same, non-zero length. For a one-output
+        model under a binary loss, labels ``(N,)`` are read as ``(N, 1)``.
+      batch_size: examples per compiled call, a positive int.
 
     Returns:
-      ``{"loss": float, "accuracy": float}``; ``accuracy`` only when ``y``
-      holds integer class labels.
+      ``{"loss": float, "accuracy": float}``; ``accuracy`` only for a
+      classification loss, or integer labels with several outputs.
+
+    Raises:
+      ValueError: for empty or mismatched data, or labels out of range.
+      TypeError: for a ``batch_size`` that is not an int.
     """
-    n = len(x)
-    if n != len(y):
-        raise ValueError(f"evaluate: x has {n} examples but y has {len(y)}")
-    classify = jnp.issubdtype(jnp.asarray(y[:1]).dtype, jnp.integer)
+    batch_size = checks.count("evaluate", "batch_size", batch_size)
+    x, y = checks.arrays("evaluate", (x, y), "data")
+    pred_shape = checks.output_shape(model, params, state, x)
+    y = checks.binary_column(loss, pred_shape, y)
+    checks.targets("evaluate", model, loss, pred_shape, y)
+    return _evaluate(model, loss, params, state, x, y, batch_size, pred_shape)
+
+
+def _evaluate(model, loss, params, state, x, y, batch_size, pred_shape):
+    """``evaluate`` on checked data."""
+    classify = metrics.has_accuracy(loss, (1, *pred_shape), y.dtype)
     fn = _eval_fn(model, loss, classify)
     totals = np.zeros(2)
-    for start in range(0, n, batch_size):
+    for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         totals += len(xb) * np.asarray(fn(params, state, xb, yb))
-    out = {"loss": float(totals[0] / n)}
+    out = {"loss": float(totals[0] / len(x))}
     if classify:
-        out["accuracy"] = float(totals[1] / n)
+        out["accuracy"] = float(totals[1] / len(x))
     return out
 
 
@@ -110,12 +161,12 @@ def _eval_fn(model, loss, classify):
     # Cached: fit evaluates every epoch, and a fresh jitted function would
     # recompile each time (digits LSTM: 12 compiles, 9 of fit's 13 s).
     @jax.jit
-    def metrics(params, state, x, y):
+    def batch_metrics(params, state, x, y):
         pred, _ = model.apply(params, state, x, train=False)
-        acc = losses.accuracy(pred, y) if classify else jnp.float32(0)
-        return jnp.stack([loss(pred, y), acc])
+        acc = metrics.accuracy(pred, y, loss=loss) if classify else jnp.float32(0)
+        return jnp.stack([loss(pred, y), acc.astype(jnp.float32)])
 
-    return metrics
+    return batch_metrics
 
 
 # --------------------------------------------------------------------------
@@ -123,126 +174,51 @@ def _eval_fn(model, loss, classify):
 
 
 class FitResult(NamedTuple):
-    """What ``fit`` returns."""
+    """What ``fit`` returns.
 
-    params: Any  # the best parameters (lowest monitored loss) when patience is set
-    state: Any  # the model state that goes with them
-    opt_state: Any  # the optimizer state at the end of training
-    # Per-epoch lists: "train_loss", "val_loss", "val_accuracy", "time"; with
-    # optim.dynamic_loss_scale also "loss_scale" and "skipped_steps" (so far).
+    ``params``, ``state`` and ``opt_state`` always belong together: the
+    same point of training (with ``patience``, the best epoch; after a
+    non-finite loss, the point ``stopped`` names).
+
+    ``history`` holds one entry per finished epoch under each key:
+
+    - ``"train_loss"``: the mean of the epoch's step losses (each computed
+      in training mode, before its step's update);
+    - ``"time"``: seconds the epoch's steps took (validation excluded);
+    - ``"val_loss"``, ``"val_accuracy"``: with ``validation_data``, the
+      evaluation after the epoch (``val_accuracy`` is NaN when the loss has
+      no accuracy, e.g. ``mse``);
+    - ``"loss_scale"``, ``"skipped_steps"``: with
+      :func:`fnn.optim.dynamic_loss_scale`, the scale after the epoch and
+      the steps skipped for overflow so far.
+    """
+
+    params: Any
+    state: Any
+    opt_state: Any
     history: dict
     stopped: str | None  # why training stopped early, or None
 
 
-@partial(jax.jit, static_argnums=2)
-def _step_keys(key, epoch, num_steps: int):
-    """The ``num_steps`` dropout keys of epoch ``epoch``."""
-    return jax.random.split(jax.random.fold_in(key, epoch), num_steps)
-
-
-def _shuffled_batches(seed, epoch: int, n: int, batch_size: int, num_steps: int):
-    """Epoch ``epoch``'s minibatch indices, ``(num_steps, batch_size)`` int32.
-
-    Drawn by NumPy from ``seed`` (the fit key's bits) and ``epoch``: XLA's
-    CPU sort makes ``jax.random.permutation`` cost 3.1 ms for 6,400 examples
-    and 38 ms for 60,000 (NumPy: 0.05 and 0.6 ms), half of an epoch on small
-    models. The data stays on the device; only the indices travel.
-    """
-    perm = np.random.default_rng([*seed, epoch]).permutation(n)
-    return (
-        perm[: num_steps * batch_size].reshape(num_steps, batch_size).astype(np.int32)
-    )
-
-
-def _scanned_epoch_fn(step) -> Callable:
-    """An epoch as one compiled scan over the minibatches ``batches``.
-
-    Nothing is donated: the inputs stay valid, so ``fit`` can roll back to
-    them after a non-finite loss without copying them every epoch.
-    """
-
-    def epoch(params, state, opt_state, x, y, batches, keys):
-        def body(carry, batch):
-            idx, k = batch
-            params, state, opt_state, value = step(*carry, x[idx], y[idx], k)
-            return (params, state, opt_state), value
-
-        carry, values = jax.lax.scan(body, (params, state, opt_state), (batches, keys))
-        return (*carry, values)
-
-    return jax.jit(epoch)
-
-
-def _looped_epoch_fn(step) -> Callable:
-    """The same epoch as a Python loop of jitted steps.
-
-    Each step gathers its minibatch on the device, so the loop pays one
-    dispatch per step and nothing else.
-    """
-
-    def step_at(params, state, opt_state, x, y, batches, keys, i):
-        idx = batches[i]
-        return step(params, state, opt_state, x[idx], y[idx], keys[i])
-
-    step_at = jax.jit(step_at, donate_argnums=(0, 1, 2))
-
-    def epoch(params, state, opt_state, x, y, batches, keys):
-        batches, values = jnp.asarray(batches), []
-        for i in range(len(batches)):
-            params, state, opt_state, value = step_at(
-                params, state, opt_state, x, y, batches, keys, i
-            )
-            values.append(value)
-        return params, state, opt_state, jnp.stack(values)
-
-    return epoch
-
-
-def _loss_scale_record(opt_state: optim.LossScaleState) -> tuple[float, int]:
-    """The loss scale now, and the steps skipped for overflow so far."""
+def _loss_scale_record(opt_state) -> tuple[float, int] | None:
+    """The loss scale now and the steps skipped for overflow so far, with
+    :func:`fnn.optim.dynamic_loss_scale`; else ``None``."""
+    if not isinstance(opt_state, optim.LossScaleState):
+        return None
     return float(opt_state.scale), int(opt_state.inner.total_notfinite)
 
 
-def _has_conv(model: Layer) -> bool:
-    return model.name.startswith("Conv") or any(map(_has_conv, model.layers))
-
-
-def _scan_by_default(model: Layer) -> bool:
-    """Whether a compiled-scan epoch is the faster choice for ``model``.
-
-    It is everywhere we measured (``benchmarks/epochs.py``) except for
-    convolutions on XLA's CPU backend, which run 4-10x slower inside a loop
-    body than at the top level of a program (jax-ml/jax#12868). fnn.conv's
-    CPU formulation keeps one XLA convolution (the transposed one, for
-    ``dx``), and a CNN epoch still ran 1.25x slower scanned with autodiff
-    (2.9 against 2.3 s for 32 steps; a tie with the manual backward).
-    """
-    return not (jax.default_backend() == "cpu" and _has_conv(model))
-
-
-def _epoch_fn(step, scan: bool) -> Callable:
-    return (_scanned_epoch_fn if scan else _looped_epoch_fn)(step)
-
-
-@jax.jit
-def _copy(tree):
-    # Kept results must own their buffers: the next step donates its inputs.
-    # One jitted call copies the whole tree (not one dispatch per leaf).
-    return jax.tree.map(jnp.copy, tree)
-
-
-def _progress(enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-
-    def show(epoch, epochs, text):
-        if enabled:
-            done = int(30 * epoch / epochs)
-            bar = "#" * done + "." * (30 - done)
-            end = "\n" if epoch == epochs else ""
-            print(f"\r[{bar}] epoch {epoch}/{epochs} {text}", end=end, file=sys.stderr)
-
-    return show
+def _record(history, train_loss, seconds, metrics_, opt_state) -> None:
+    """Appends one finished epoch to ``history`` (the keys of :class:`FitResult`)."""
+    history["train_loss"].append(train_loss)
+    history["time"].append(seconds)
+    if metrics_ is not None:
+        history["val_loss"].append(metrics_["loss"])
+        history["val_accuracy"].append(metrics_.get("accuracy", math.nan))
+    if (record := _loss_scale_record(opt_state)) is not None:
+        scale, skipped = record
+        history.setdefault("loss_scale", []).append(scale)
+        history.setdefault("skipped_steps", []).append(skipped)
 
 
 def fit(
@@ -253,7 +229,7 @@ def fit(
     state,
     train_data: tuple,
     *,
-    key: jax.Array,
+    key: jax.Array | int,
     epochs: int = 10,
     batch_size: int = 128,
     validation_data: tuple | None = None,
@@ -265,124 +241,154 @@ def fit(
     scan: bool | None = None,
     progress: bool | None = None,
     verbose: bool = False,
+    regularizer=None,
+    augment: Callable | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)`` with shuffled minibatches.
 
-    Each epoch is one compiled ``lax.scan`` over ``len(x) // batch_size``
-    minibatches drawn from a fresh permutation; the last partial
-    batch is left out of that epoch (a different one each epoch). With
-    ``scan=False`` the same minibatches run as a Python loop of jitted steps.
+    Each epoch runs ``len(x) // batch_size`` steps as one compiled loop over
+    minibatches drawn from a fresh permutation; the last partial batch is
+    left out of that epoch (a different one each epoch). With ``scan=False``
+    the same minibatches run as a Python loop of jitted steps.
 
     Args:
-      model, loss, optimizer: what to train, on which loss, how.
-      params, state: where to start (``model.init``'s output).
-      train_data: ``(x, y)`` arrays with a leading example axis.
-      key: PRNG key for shuffling and dropout.
-      epochs, batch_size: how long, in how large steps.
-      validation_data: ``(x, y)`` evaluated after every epoch.
+      model, loss, optimizer: what to train, on which loss, how (see
+        :func:`make_step`).
+      params, state: where to start (``model.init``'s output). Not donated.
+      train_data: ``(x, y)`` arrays (or lists) with a leading example axis;
+        binary labels ``(N,)`` are read as ``(N, 1)`` as in :func:`evaluate`.
+        Or a stream, for data larger than memory: an iterable of ``(x, y)``
+        batches (iterated afresh each epoch), or a function ``epoch ->
+        iterable of (x, y)``; see :mod:`fnn._stream`. Each batch is checked
+        on the host and put on the device two steps ahead; steps run as
+        jitted calls, and a stream of the same batches in the same order
+        trains exactly as arrays with ``scan=False``.
+      key: a PRNG key (``jax.random.key(0)``) or an int seed, for shuffling,
+        dropout and augmentation. Epoch ``e`` uses ``fold_in(key, e)``.
+      epochs: the number of the last epoch (as in Keras): training runs
+        epochs ``initial_epoch + 1 .. epochs``.
+      batch_size: examples per step, an int in ``[1, len(x)]`` (a stream's
+        batches have their own size).
+      validation_data: ``(x, y)`` evaluated after every epoch (never
+        augmented).
       method: ``"autodiff"`` or ``"manual"`` gradients.
       patience: stop when the monitored loss (validation loss, else training
         loss) has not improved for this many epochs, and return the
-        parameters of the best epoch.
+        parameters, state and optimizer state of the best epoch.
       opt_state: resume from this optimizer state (default: a fresh one).
       initial_epoch: the number of epochs already done, when resuming. Epoch
-        ``e`` shuffles and drops out as ``(key, e)`` dictate, so ``epochs=N``
-        in one run equals ``epochs=k``, a checkpoint, and ``epochs=N,
-        initial_epoch=k`` with the restored state, bit for bit.
+        ``e`` shuffles, drops out and augments as ``(key, e)`` dictate, so
+        ``epochs=N`` in one run equals ``epochs=k``, a checkpoint, and
+        ``epochs=N, initial_epoch=k`` with the restored state, bit for bit.
       compute_dtype: mixed precision for forward and backward (see
         :func:`make_step`).
-      scan: run each epoch as one compiled scan (``True``) or as a loop of
+      scan: run each epoch as one compiled loop (``True``) or as a loop of
         jitted steps (``False``). Both give the same result; the default
-        picks the faster: the scan, except for convolutional models on CPU.
-      progress: show a progress bar on stderr (default: when it is a tty).
-      verbose: print one line per epoch to stdout.
+        picks the faster (:func:`fnn._backend.scan_by_default`).
+      progress: a live progress bar on stderr when it is a terminal, else a
+        line per epoch (``True``); nothing (``False``); the bar on a
+        terminal only (``None``, the default).
+      verbose: print one line per epoch (and why training stopped) to stdout.
+      regularizer: ``r(params) -> scalar`` added to the loss (see
+        :func:`make_step`).
+      augment: ``aug(key, x_batch) -> x_batch`` applied to each training
+        batch inside the compiled epoch, e.g. from :mod:`fnn.augment`; its
+        key is folded from the step's key, so resuming stays exact.
 
     Returns:
-      A :class:`FitResult`. If a step's loss is not finite, training stops,
-      ``stopped`` names the epoch and step, and the parameters are those
-      after the last finite step.
+      A :class:`FitResult`. If a step's loss is not finite, training stops
+      and ``stopped`` says where; the loss of step ``k`` is computed from
+      the parameters after step ``k - 1``, so the result rolls back to the
+      point after step ``k - 2``, whose own loss was finite (or, with
+      ``patience``, to the best epoch).
+
+    Raises:
+      TypeError, ValueError: for bad arguments, before anything compiles.
     """
-    x, y = (jnp.asarray(a) for a in train_data)
-    if len(x) != len(y):
-        raise ValueError(f"fit: x has {len(x)} examples but y has {len(y)}")
-    num_steps = len(x) // batch_size
-    if batch_size <= 0 or num_steps == 0:
+    epochs, initial_epoch = checks.epochs(epochs, initial_epoch)
+    key = checks.prng_key(key)
+    if patience is not None:
+        patience = checks.count("fit", "patience", patience)
+    step = _step_fn(model, loss, optimizer, method, compute_dtype, regularizer)
+    scan = _backend.scan_by_default(model) if scan is None else scan
+    source, validation = _sources(model, loss, params, state, train_data,
+                                  validation_data, key, batch_size, step, scan,
+                                  augment)  # fmt: skip
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    carry = _epoch.copy((params, state, opt_state))
+    history = {"train_loss": [], "time": []}
+    if validation is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    display = Progress(epochs, source.num_steps, show=progress, verbose=verbose)
+    stopper = None if patience is None else EarlyStopping(patience)
+    best, stopped = None, None
+    for epoch in range(initial_epoch + 1, epochs + 1):
+        display.start_epoch(epoch, compiling=epoch == initial_epoch + 1)
+        tic = time.perf_counter()
+        carry, losses_ = source.run_epoch(carry, epoch, display)
+        seconds = time.perf_counter() - tic
+        if not np.all(np.isfinite(losses_)):
+            carry, stopped = _epoch.diverged(source.segments, best)
+            break
+        train_loss, metrics_ = float(losses_.mean()), None
+        if validation is not None:
+            display.note("validating")
+            metrics_ = _evaluate(model, loss, carry[0], carry[1], *validation)
+        _record(history, train_loss, seconds, metrics_, carry[2])
+        scale = _loss_scale_record(carry[2])
+        display.end_epoch(summary(epoch, train_loss, metrics_, scale, seconds))
+        if stopper is not None:
+            monitored = train_loss if metrics_ is None else metrics_["loss"]
+            stopper = stopper.update(monitored, epoch)
+            if stopper.has_improved:
+                best = (carry, epoch, monitored)
+            if stopper.should_stop:
+                stopped = stopper.message(epoch)
+                break
+    if best is not None:
+        carry = best[0]
+    display.finish(stopped)
+    return FitResult(*carry, history, stopped)
+
+
+def _is_arrays(data) -> bool:
+    """``(x, y)`` arrays, rather than a stream of ``(x, y)`` batches."""
+    return isinstance(data, tuple | list) and len(data) == 2 and not any(
+        isinstance(a, tuple) for a in data
+    )
+
+
+def _sources(model, loss, params, state, train_data, validation_data, key,
+             batch_size, step, scan, augment):  # fmt: skip
+    """The training source (:class:`fnn._epoch.InMemory` or
+    :class:`fnn._stream.Stream`) and the checked validation arrays, with
+    their shape of predictions (``None`` without validation data)."""
+    validation = None
+    if validation_data is not None:
+        vx, vy = checks.arrays("fit", validation_data, "validation_data")
+        pred_shape = checks.output_shape(model, params, state, vx)
+        vy = checks.binary_column(loss, pred_shape, vy)
+        checks.targets("fit", model, loss, pred_shape, vy)
+        validation = (jnp.asarray(vx), jnp.asarray(vy), 1024, pred_shape)
+    if not _is_arrays(train_data):
+        if not (callable(train_data) or hasattr(train_data, "__iter__")):
+            raise TypeError(
+                f"fit: train_data must be (x, y) arrays, an iterable of (x, y) "
+                f"batches or a function epoch -> iterable; got "
+                f"{type(train_data).__name__}"
+            )
+        check = checks.batch_checker(model, loss, params, state)
+        return _stream.Stream(train_data, key, step, augment, check), validation
+    x, y = checks.arrays("fit", train_data, "train_data")
+    batch_size = checks.count("fit", "batch_size", batch_size)
+    if batch_size > len(x):
         raise ValueError(
             f"fit: batch_size must be in [1, {len(x)}] (the number of examples), "
             f"got {batch_size}"
         )
-    step = _step_fn(model, loss, optimizer, method, compute_dtype)
-    scan = _scan_by_default(model) if scan is None else scan
-    run_epoch = _epoch_fn(step, scan)
-    opt_state = optimizer.init(params) if opt_state is None else opt_state
-    params, state, opt_state = _copy((params, state, opt_state))
-    history = {"train_loss": [], "time": []}
-    if validation_data is not None:
-        history.update(val_loss=[], val_accuracy=[])
-    best, best_loss, since_best, stopped = None, math.inf, 0, None
-    show = _progress(progress)
-    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-
-    for epoch in range(initial_epoch + 1, epochs + 1):
-        batches = _shuffled_batches(seed, epoch, len(x), batch_size, num_steps)
-        keys = _step_keys(key, epoch, num_steps)
-        # The looped epoch donates its inputs; keep them for a rollback.
-        before = (
-            (params, state, opt_state) if scan else _copy((params, state, opt_state))
-        )
-        tic = time.perf_counter()
-        params, state, opt_state, values = run_epoch(
-            params, state, opt_state, x, y, batches, keys
-        )
-        values = np.asarray(values)
-        history["time"].append(time.perf_counter() - tic)
-        if not np.all(np.isfinite(values)):
-            bad = int(np.argmin(np.isfinite(values)))
-            stopped = (
-                f"non-finite loss {values[bad]} at epoch {epoch}, step {bad + 1}; "
-                f"returning the parameters after step {bad}"
-            )
-            params, state, opt_state = before
-            if bad:
-                params, state, opt_state, _ = run_epoch(
-                    params, state, opt_state, x, y, batches[:bad], keys[:bad]
-                )
-            history["time"].pop()
-            break
-        history["train_loss"].append(float(values.mean()))
-        monitored = history["train_loss"][-1]
-        text = f"train loss {monitored:.4f}"
-        if validation_data is not None:
-            metrics = evaluate(model, loss, params, state, *validation_data)
-            history["val_loss"].append(metrics["loss"])
-            history["val_accuracy"].append(metrics.get("accuracy", math.nan))
-            monitored = metrics["loss"]
-            text += f"  val loss {metrics['loss']:.4f}"
-            if "accuracy" in metrics:
-                text += f"  val accuracy {metrics['accuracy']:.4f}"
-        if isinstance(opt_state, optim.LossScaleState):
-            scale, skipped = _loss_scale_record(opt_state)
-            history.setdefault("loss_scale", []).append(scale)
-            history.setdefault("skipped_steps", []).append(skipped)
-            text += f"  loss scale {scale:g} ({skipped} steps skipped in all)"
-        show(epoch, epochs, text)
-        if verbose:
-            print(f"epoch {epoch:3d}  {text}  ({history['time'][-1]:.2f} s)")
-        if patience is not None:
-            if monitored < best_loss:
-                best, best_loss, since_best = _copy((params, state)), monitored, 0
-            else:
-                since_best += 1
-                if since_best >= patience:
-                    stopped = (
-                        f"early stopping at epoch {epoch}: no improvement in "
-                        f"{patience} epochs"
-                    )
-                    break
-    if stopped and progress is not False and sys.stderr.isatty():
-        print(file=sys.stderr)
-    if stopped and verbose:
-        print(stopped)
-    if patience is not None and best is not None:
-        params, state = best
-    return FitResult(params, state, opt_state, history, stopped)
+    pred_shape = checks.output_shape(model, params, state, x)
+    y = checks.binary_column(loss, pred_shape, y)
+    checks.targets("fit", model, loss, pred_shape, y)
+    source = _epoch.InMemory(jnp.asarray(x), jnp.asarray(y), key, batch_size, step,
+                             scan, augment)  # fmt: skip
+    return source, validation

@@ -31,15 +31,40 @@ def test_check_passes_on_a_deep_network_with_batchnorm_and_dropout():
         model, losses.softmax_cross_entropy, params, state, x, y, key=jax.random.key(3)
     )
     assert report.ok, str(report)
-    assert [r.path for r in report.rows] == [
-        "[0]['b']",
-        "[0]['w']",
-        "[1]['bias']",
-        "[1]['scale']",
-        "[4]['b']",
-        "[4]['w']",
-    ]
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    assert [r.path for r in report.rows] == [jax.tree_util.keystr(p) for p, _ in paths]
+    assert len(report.rows) == 6
     assert "all leaves agree" in str(report)
+
+
+def test_report_says_a_zero_gradient_leaf_passes_on_the_absolute_tolerance():
+    # Dense -> BatchNorm: the Dense bias is subtracted out again by the batch
+    # mean, so its true gradient is exactly 0 and its rel error is noise / 0.
+    model = L.serial(L.Dense(3), L.BatchNorm(), L.Dense(2))
+    _, params, state, x, y = setup(model)
+    report = backprop.check(
+        model, losses.softmax_cross_entropy, params, state, x, y % 2
+    )
+    bias = report.rows[0]
+    assert bias.path == "[0]['b']" and bias.ok
+    assert bias.manual_abs <= backprop.ATOL < bias.manual_rel  # rel means nothing
+    assert bias.manual_passed_on == "abs"
+    text = str(report)
+    line = next(s for s in text.splitlines() if s.startswith("[0]['b']"))
+    assert f"{bias.manual_rel:9.1e}" in line  # the large rel error is shown...
+    assert "yes  manual abs, fd " in line  # ...and why the row passes
+    assert "manual-autodiff atol 1e-10, rtol 1e-06" in text
+    assert "autodiff-fd atol" in text and "rtol 1e-05" in text
+    assert "true gradient is 0 (a bias before BatchNorm) passes on abs" in text
+
+
+def test_report_names_the_failing_comparison():
+    model = L.serial(L.Dense(5), L.Tanh, wrong_dense(3, 1.01))
+    _, params, state, x, y = setup(model)
+    report = backprop.check(model, losses.softmax_cross_entropy, params, state, x, y)
+    line = next(s for s in str(report).splitlines() if s.startswith("[2]['w']"))
+    assert "NO   manual FAIL, fd abs" in line  # autodiff and fd still agree
+    assert "1 FAILED" in str(report)
 
 
 def wrong_dense(features, factor):
@@ -167,3 +192,84 @@ def test_per_example_grads_refuse_batch_norm():
     f = backprop.per_example_grads(model, losses.softmax_cross_entropy)
     with pytest.raises(ValueError, match="couples the examples"):
         f(params, state, x, y, key=KEY)
+
+
+# --------------------------------------------------------------------------
+# Regularizers
+
+
+def test_regularizer_manual_and_autodiff_agree_and_match_differences():
+    model = L.serial(L.Dense(5), L.LayerNorm(), L.Tanh, L.Dense(3))
+    _, params, state, x, y = setup(model, n=8)
+    reg = losses.penalty(l1=0.01, l2=0.1, weights_only=True)
+    loss = losses.softmax_cross_entropy
+    auto = backprop.value_and_grad(model, loss, "autodiff", regularizer=reg)
+    manual = backprop.value_and_grad(model, loss, "manual", regularizer=reg)
+    (la, _), ga = jax.jit(auto)(params, state, x, y)
+    (lm, _), gm = jax.jit(manual)(params, state, x, y)
+    plain = float(loss(model.apply(params, state, x, train=True)[0], y))
+    np.testing.assert_allclose([la, lm], plain + float(reg(params)), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gm)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # The penalty moved the kernels' gradients, not the biases' (weights_only).
+    (_, _), g0 = jax.jit(backprop.value_and_grad(model, loss, "manual"))(
+        params, state, x, y
+    )
+    np.testing.assert_allclose(
+        gm[3]["w"] - g0[3]["w"], reg.grad(params)[3]["w"], rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_array_equal(gm[3]["b"], g0[3]["b"])
+    report = backprop.check(model, loss, params, state, x, y, regularizer=reg)
+    assert report.ok, str(report)
+
+
+def test_manual_regularizer_needs_a_grad_and_must_be_callable():
+    with pytest.raises(TypeError, match=r"regularizer.grad\(params\)"):
+        backprop.value_and_grad(mlp(), losses.mse, "manual", regularizer=lambda p: 0.0)
+    with pytest.raises(TypeError, match="regularizer must be a callable"):
+        backprop.value_and_grad(mlp(), losses.mse, regularizer=0.1)
+    # autodiff differentiates a plain callable itself
+    backprop.value_and_grad(mlp(), losses.mse, regularizer=lambda p: 0.0)
+
+
+# --------------------------------------------------------------------------
+# A final Softmax (or Sigmoid) layer under a loss that applies it again
+
+
+@pytest.mark.parametrize(
+    "model, loss",
+    [
+        (L.serial(L.Dense(3), L.Softmax), losses.softmax_cross_entropy),
+        (L.serial(L.serial(L.Dense(3), L.Softmax)), losses.softmax_cross_entropy),
+        (
+            L.serial(L.Dense(3), backprop.manual_vjp(L.Softmax)),
+            losses.softmax_cross_entropy,
+        ),
+        (L.serial(L.Dense(1), L.Sigmoid), losses.sigmoid_binary_cross_entropy),
+    ],
+    ids=["softmax", "nested", "manual_vjp", "sigmoid"],
+)
+@pytest.mark.parametrize("method", backprop.METHODS)
+def test_a_model_ending_in_its_loss_link_is_refused(model, loss, method):
+    with pytest.raises(ValueError, match="applied twice"):
+        backprop.value_and_grad(model, loss, method)
+
+
+def test_softmax_then_cross_entropy_is_the_softmax_cross_entropy_of_the_logits():
+    logits_model = L.serial(L.Dense(3))
+    _, params, state, x, y = setup(logits_model, n=6)
+    prob_model = L.serial(L.Dense(3), L.Softmax)
+    prob_params = (params[0], ())
+    want = backprop.value_and_grad(logits_model, losses.softmax_cross_entropy)(
+        params, state, x, y
+    )
+    for method in backprop.METHODS:
+        f = backprop.value_and_grad(prob_model, losses.cross_entropy, method)
+        (value, _), grads = f(prob_params, ((), ()), x, y)
+        np.testing.assert_allclose(value, want[0][0], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(want[1][0])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # A Softmax anywhere but last is fine.
+    backprop.value_and_grad(
+        L.serial(L.Softmax, L.Dense(3)), losses.softmax_cross_entropy
+    )

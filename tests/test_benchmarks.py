@@ -4,6 +4,10 @@
 or PyTorch needed) on the ``tiny`` and ``mlp`` workloads with a handful of
 steps; it runs in a subprocess because it re-executes itself under another
 memory allocator.
+
+The tests that start a benchmark script are marked ``slow`` (each is a
+fresh Python with JAX, a minute of the suite's time on two cores):
+``pytest -m "not slow"`` skips them.
 """
 
 import json
@@ -11,6 +15,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +35,7 @@ def _run(*args, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_run_quick_prints_table_and_targets(tmp_path):
     out = tmp_path / "results.json"
     proc = _run("benchmarks/run.py", "--quick", "--json", str(out))
@@ -53,12 +60,14 @@ def test_run_quick_prints_table_and_targets(tmp_path):
             assert r["ratio_to_jax"] == 1.0
 
 
+@pytest.mark.slow
 def test_run_list_names_flop_formulas():
     proc = _run("benchmarks/run.py", "--list", "--allocator", "system", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "GFLOP" in proc.stdout and "large" in proc.stdout
 
 
+@pytest.mark.slow
 def test_run_rejects_unknown_workload():
     proc = _run(
         "benchmarks/run.py", "--workloads", "nope", "--allocator", "system", timeout=120
@@ -81,6 +90,7 @@ def test_flop_counts_match_the_formula():
     assert cnn.step_flops() == 3 * (conv1 + conv2 + dense) - conv1
 
 
+@pytest.mark.slow
 def test_epochs_quick_compares_fit_with_the_loop(tmp_path):
     out = tmp_path / "epochs.json"
     proc = _run(
@@ -92,3 +102,24 @@ def test_epochs_quick_compares_fit_with_the_loop(tmp_path):
     methods = {"fit-wall", "fit-scan", "fit-loop", "loop-async", "loop-blocking"}
     assert {r["method"] for r in rows} == methods
     assert all(r["ms_per_step"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_worker_times_a_contender_in_its_own_process():
+    # run.py's contenders run in worker processes: a build, timed steps, a
+    # skip with its reason, and the worker's pid is not ours.
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.worker import RemoteStep, Worker
+
+    worker = Worker()
+    try:
+        assert worker.ask(op="build", workload="tiny", contender="jax")["warm"] > 0
+        times = RemoteStep(worker, "jax").time_steps(3)
+        assert len(times) == 3 and all(t > 0 for t in times)
+        skip = worker.ask(op="build", workload="tiny", contender="torch-channels-last")
+        assert "torch" in skip["skip"]  # not installed, or images only
+        assert worker.ask(op="drop") == {}
+        assert worker.proc.pid != os.getpid()
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0

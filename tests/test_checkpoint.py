@@ -1,16 +1,21 @@
 """Tests for fnn.checkpoint: roundtrips, validation against `like`, corrupt
 files, no pickle, and atomicity under SIGKILL."""
 
+import hashlib
 import io
+import json
 import os
 import random
 import re
 import signal
+import stat
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -22,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fnn import checkpoint
+from fnn import _fileio, checkpoint
 from fnn.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -448,12 +453,503 @@ def test_a_killed_writer_leaves_a_whole_checkpoint(tmp_path):
         zygote.stdout.close()
     assert zygote.returncode == 0
     assert len(extra_saves) > 1, "every kill landed after the same number of saves"
-    # Stray temporaries may remain from killed writes; they harm nothing.
+    # Each writer's first save removed the temporaries of the killed ones
+    # before it: at most the last killed writer's remains...
     strays = {p.name for p in tmp_path.iterdir()} - {"ckpt", "zygote.err"}
-    assert all(re.fullmatch(r"\.ckpt\.[0-9a-f]+\.tmp", name) for name in strays)
+    assert len(strays) <= 1
+    temporary = r"\.ckpt\.[0-9a-f]{8}-\d+\.[0-9a-f]{12}\.tmp"
+    assert all(re.fullmatch(temporary, name) for name in strays)
     zeros = {
         "a": np.zeros((512, 384), np.float32),
         "b": (np.zeros((256, 128), np.int32), 0),
     }
     checkpoint.save(path, zeros)
     assert _consistent_step(path) == 0
+    # ... and the next save removes it too.
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "zygote.err"]
+
+
+# --------------------------------------------------------------------------
+# forged headers: edited and re-signed with the (keyless) SHA-256
+# --------------------------------------------------------------------------
+
+_PRE = struct.Struct("<8sIIQQ")
+
+
+def split_file(blob):
+    """(version, header text, payload) of a checkpoint's bytes."""
+    _, version, _, head_len, payload_len = _PRE.unpack_from(blob)
+    head = blob[_PRE.size : _PRE.size + head_len].decode()
+    payload = blob[_PRE.size + head_len : _PRE.size + head_len + payload_len]
+    return version, head, payload
+
+
+def resign(head, payload, version=1, reserved=0):
+    """A checkpoint with the given header text and payload, correctly signed."""
+    head = head.encode() if isinstance(head, str) else head
+    head += b" " * (-(_PRE.size + len(head)) % 64)
+    body = _PRE.pack(checkpoint.MAGIC, version, reserved, len(head), len(payload))
+    body += head + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def forge(valid, edit):
+    """``valid`` with its header passed through ``edit`` (a function of the
+    header dict giving a dict, or the header's text or bytes) and re-signed."""
+    version, head, payload = split_file(valid)
+    header = edit(json.loads(head))
+    if not isinstance(header, str | bytes):
+        header = json.dumps(header)
+    return resign(header, payload)
+
+
+def _edit_leaf(index, **fields):
+    def edit(header):
+        header["leaves"][index].update(fields)
+        return header
+
+    return edit
+
+
+def _key_tree():
+    return {"k": jax.random.split(jax.random.key(3), 3), "w": jnp.arange(4.0)}
+
+
+def test_resign_reproduces_a_valid_file(tmp_path):
+    """The forging helpers are faithful: an unedited re-sign is the file."""
+    checkpoint.save(tmp_path / "c", _key_tree())
+    valid = (tmp_path / "c").read_bytes()
+    assert forge(valid, lambda h: h) == valid
+
+
+def _deep(header):
+    return json.dumps(header)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (_deep, "nested too deeply"),
+        (lambda h: json.dumps(h).replace('"offset": 0', '"offset": Infinity'), "JSON"),
+        (_edit_leaf(1, offset=10**30), "offset"),
+        (_edit_leaf(1, offset=-64), "offset"),
+        (_edit_leaf(1, offset=64.0), "offset"),
+        (_edit_leaf(1, kind=["array"]), "kind"),
+        (_edit_leaf(1, kind="pickle"), "kind"),
+        (_edit_leaf(1, dtype="object"), "unsupported dtype"),
+        (_edit_leaf(1, dtype=["float32"]), "dtype must be a string"),
+        (_edit_leaf(1, shape=[2, True]), "shape"),
+        (_edit_leaf(1, shape=[3, 2]), "bytes do not make"),
+        (_edit_leaf(1, shape=[-4]), "shape"),
+        (_edit_leaf(1, shape=[1] * 65), "shape"),
+        (_edit_leaf(1, nbytes=8), "bytes do not make"),
+        (_edit_leaf(1, path=7), "path"),
+        (_edit_leaf(1, path="['k']"), "appears twice"),
+        (_edit_leaf(1, extra=1), "fields"),
+        # a PRNG-key leaf of another shape than its data, or another impl
+        (_edit_leaf(0, shape=[6]), "key array of shape"),
+        (_edit_leaf(0, data_shape=[2, 3]), "key array of shape"),
+        (_edit_leaf(0, impl="rbg"), "key array of shape"),
+        (_edit_leaf(0, impl="mersenne"), "PRNG impl"),
+        (_edit_leaf(0, data_dtype="float32"), "key array of shape"),
+        (lambda h: {**h, "leaves": {"0": h["leaves"]}}, "leaves must be a list"),
+        (lambda h: {**h, "format_version": 2}, "format_version"),
+        (lambda h: {**h, "treedef": None}, "treedef"),
+        (lambda h: {**h, "more": 1}, "fields"),
+        (lambda h: h["leaves"], "must be an object"),
+        (lambda h: '{"format": "fnn.checkpoint", "format": 1}', "fields"),
+        (lambda h: json.dumps(h)[:-1], "invalid header"),
+        (lambda h: b"\xff\xfe{}", "invalid header"),
+    ],
+)
+def test_forged_headers_are_checkpoint_errors(tmp_path, edit, pattern):
+    tree = _key_tree()
+    checkpoint.save(tmp_path / "c", tree)
+    path = tmp_path / "forged"
+    path.write_bytes(forge((tmp_path / "c").read_bytes(), edit))
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        checkpoint.load(path, tree)
+    assert repr(str(path)) in str(info.value)
+    with pytest.raises(CheckpointError, match=pattern):
+        checkpoint.read_header(path)
+
+
+def test_forged_preamble_fields_are_checkpoint_errors(tmp_path):
+    checkpoint.save(tmp_path / "c", {"w": jnp.ones(3)})
+    _, head, payload = split_file((tmp_path / "c").read_bytes())
+    unpadded = head.rstrip().encode()
+    unpadded += b" " * ((_PRE.size + len(unpadded)) % 64 == 0)
+    body = _PRE.pack(checkpoint.MAGIC, 1, 0, len(unpadded), len(payload))
+    body += unpadded + payload
+    cases = {
+        "version 0": resign(head, payload, version=0),
+        "reserved": resign(head, payload, reserved=1),
+        "unaligned payload": body + hashlib.sha256(body).digest(),
+    }
+    for name, blob in cases.items():
+        path = tmp_path / name.replace(" ", "-")
+        path.write_bytes(blob)
+        with pytest.raises(CheckpointError, match="invalid preamble"):
+            checkpoint.load(path, {"w": jnp.ones(3)})
+
+
+def test_a_consistently_forged_key_of_another_impl_meets_like(tmp_path):
+    """A header re-signed to call threefry key data an rbg key is consistent
+    on its own; like's key type still refuses it."""
+    checkpoint.save(tmp_path / "c", {"k": jax.random.split(jax.random.key(0), 2)})
+    # 2 threefry keys hold 2x2 uint32 = one rbg key's 4 words.
+    edit = _edit_leaf(0, impl="rbg", dtype="key<rbg>", shape=[], data_shape=[4])
+    (tmp_path / "f").write_bytes(forge((tmp_path / "c").read_bytes(), edit))
+    with pytest.raises(CheckpointError, match="dtype key<rbg> in .* key<fry> in like"):
+        checkpoint.load(tmp_path / "f", {"k": jax.random.key(0)})
+    rbg = checkpoint.load(tmp_path / "f", {"k": jax.random.key(0, impl="rbg")})["k"]
+    assert str(jax.random.key_impl(rbg)) == "rbg" and rbg.shape == ()
+
+
+# A header to edit: one leaf of each kind.
+def _fuzz_tree():
+    return {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "k": jax.random.key(1),
+        "n": 5,
+        "f": 0.5,
+        "b": True,
+        "i": np.array([1, -2], np.int8),
+    }
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["array", "key", "int", "float32", "int64", "threefry2x32"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["kind", "shape", "x"]), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+
+
+@st.composite
+def forged_files(draw, valid):
+    """A valid file's header with a field replaced, removed or added, or its
+    header text cut or bit-flipped — re-signed; or the file truncated or
+    bit-flipped without re-signing."""
+    version, head, payload = split_file(valid)
+    how = draw(st.sampled_from(["field", "text", "truncate", "flip"]))
+    if how == "truncate":
+        return valid[: draw(st.integers(0, len(valid) - 1))]
+    if how == "flip":
+        blob = bytearray(valid)
+        blob[draw(st.integers(0, len(blob) - 1))] ^= 1 << draw(st.integers(0, 7))
+        return bytes(blob)
+    if how == "text":
+        text = bytearray(head.rstrip().encode())
+        i = draw(st.integers(0, len(text) - 1))
+        if draw(st.booleans()):
+            text[i] ^= 1 << draw(st.integers(0, 7))
+        else:
+            del text[i:]
+        return resign(bytes(text), payload, version)
+    header = json.loads(head)
+    leaf = draw(st.integers(-1, len(header["leaves"]) - 1))
+    node = header if leaf < 0 else header["leaves"][leaf]
+    field = draw(st.sampled_from([*sorted(node), "extra"]))
+    if draw(st.integers(0, 4)) == 0:
+        node.pop(field, None)
+    else:
+        node[field] = draw(_JSON)
+    return resign(json.dumps(header), payload, version)
+
+
+@pytest.fixture(scope="module")
+def fuzz_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    checkpoint.save(folder / "valid", _fuzz_tree())
+    return folder
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fuzzed_forged_headers_load_exactly_or_raise_checkpoint_error(
+    fuzz_folder, data
+):
+    tree = _fuzz_tree()
+    blob = data.draw(forged_files((fuzz_folder / "valid").read_bytes()))
+    path = fuzz_folder / "forged"
+    path.write_bytes(blob)
+    try:
+        loaded = checkpoint.load(path, tree)
+    except CheckpointError as e:
+        assert repr(str(path)) in str(e)
+    else:  # a harmless edit (fnn_version, treedef, whitespace): exact values
+        assert_bitwise_equal(loaded, tree)
+
+
+# --------------------------------------------------------------------------
+# 64-bit leaves with x64 off
+# --------------------------------------------------------------------------
+
+
+def test_64_bit_leaves_are_never_narrowed(tmp_path):
+    assert not jax.config.jax_enable_x64
+    tree = {
+        "step": np.array(2**40 + 5, np.int64),
+        "u": np.array([2**64 - 1, 2**33], np.uint64),
+        "third": np.array([1 / 3, 1e300], np.float64),
+        "z": np.array([1 / 3 + 1e-300j], np.complex128),
+        "w": jnp.ones(2),
+        "n": 2**62 + 1,
+    }
+    checkpoint.save(tmp_path / "c", tree)
+    structs = {
+        name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype)
+        for name, leaf in tree.items()
+        if name != "n"
+    }
+    for like in (tree, structs):
+        loaded = checkpoint.load(tmp_path / "c", {**like, "n": 0})
+        for name in ("step", "u", "third", "z"):
+            assert isinstance(loaded[name], np.ndarray), name
+            assert loaded[name].dtype == tree[name].dtype
+            assert loaded[name].tobytes() == tree[name].tobytes(), name
+        assert isinstance(loaded["w"], jax.Array)
+        assert loaded["n"] == 2**62 + 1
+    # A JAX array cannot be int64 with x64 off: a like of JAX arrays meets a
+    # dtype error, never a silent narrowing.
+    with pytest.raises(CheckpointError, match="dtype int64 in .* but int32 in like"):
+        checkpoint.load(tmp_path / "c", {**tree, "step": jnp.zeros((), jnp.int32)})
+
+
+# --------------------------------------------------------------------------
+# what load reads: regular files only, the magic first, the declared size
+# --------------------------------------------------------------------------
+
+
+def test_load_refuses_a_fifo_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            checkpoint.load(fifo, {})
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(e)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # unblock the old behaviour's open() and fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("checkpoint.load hung on a FIFO")
+    assert isinstance(outcome[0], CheckpointError)
+    assert "not a regular file" in str(outcome[0])
+
+
+def test_load_refuses_folders_and_devices(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        checkpoint.load(tmp_path, {})
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        checkpoint.load("/dev/zero", {})
+    with pytest.raises(FileNotFoundError):
+        checkpoint.load(tmp_path / "missing", {})
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_load_reads_only_the_head_of_a_large_foreign_or_truncated_file(tmp_path):
+    big = tmp_path / "big"
+    with open(big, "wb") as f:  # a sparse 256 MiB file: no disk used
+        f.truncate(256 * 2**20)
+
+    def refuse(path, pattern):
+        with pytest.raises(CheckpointError, match=pattern):
+            checkpoint.load(path, {})
+
+    assert _peak_bytes(lambda: refuse(big, "not an fnn checkpoint")) < 2**20
+    # A real preamble promising more than the file holds: refused unread.
+    checkpoint.save(tmp_path / "c", {"w": np.zeros(2**20, np.uint8)})
+    with open(tmp_path / "c", "r+b") as f:
+        f.truncate(200 * 2**20)
+    assert _peak_bytes(lambda: refuse(tmp_path / "c", "trailing bytes")) < 2**20
+    with open(tmp_path / "c", "r+b") as f:
+        f.truncate(2**19)
+    assert _peak_bytes(lambda: refuse(tmp_path / "c", "truncated")) < 2**20
+
+
+# --------------------------------------------------------------------------
+# saving over files: stale temporaries, permissions, symbolic links
+# --------------------------------------------------------------------------
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_save_removes_temporaries_of_dead_writers_only(tmp_path):
+    path = tmp_path / "ckpt"
+    host = _fileio._HOST
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead": f".ckpt.{host}-{_dead_pid()}.{'a' * 12}.tmp",
+            "alive": f".ckpt.{host}-{sleeper.pid}.{'b' * 12}.tmp",
+            "mine": f".ckpt.{host}-{os.getpid()}.{'c' * 12}.tmp",
+            "other host": f".ckpt.00000000-{_dead_pid()}.{'d' * 12}.tmp",
+            "other file": f".other.{host}-{_dead_pid()}.{'e' * 12}.tmp",
+            "old format": ".ckpt.0123456789ab.tmp",
+        }
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"x" * 100)
+        checkpoint.save(path, {"a": jnp.zeros(3)})
+        left = set(os.listdir(tmp_path))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert left == {"ckpt"} | set(names.values()) - {names["dead"]}
+
+
+def test_overwriting_keeps_the_file_mode(tmp_path):
+    path = tmp_path / "ckpt"
+    checkpoint.save(path, {"a": jnp.zeros(3)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() does
+    for mode in (0o600, 0o640, 0o444):
+        path.chmod(mode)
+        checkpoint.save(path, {"a": jnp.full(3, mode, jnp.float32)})
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+        assert checkpoint.load(path, {"a": jnp.zeros(3)})["a"][0] == mode
+
+
+def test_saving_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "ckpt"
+    checkpoint.save(target, {"a": jnp.zeros(3)})
+    link = tmp_path / "latest"
+    link.symlink_to(target)
+    checkpoint.save(link, {"a": jnp.ones(3)})
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    np.testing.assert_array_equal(checkpoint.load(target, {"a": jnp.zeros(3)})["a"], 1)
+    assert sorted(os.listdir(tmp_path / "real")) == ["ckpt"]
+    # A dangling link gets its target created.
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "real" / "new")
+    checkpoint.save(dangling, {"a": jnp.ones(3)})
+    assert dangling.is_symlink() and (tmp_path / "real" / "new").is_file()
+
+
+# --------------------------------------------------------------------------
+# part of a checkpoint into part of a model (transfer learning)
+# --------------------------------------------------------------------------
+
+
+def _model(head):
+    from fnn import layers as L
+
+    return L.serial(L.Dense(4), L.Dense(3), L.Dense(head))
+
+
+def test_the_trained_body_loads_into_a_model_with_another_head(tmp_path):
+    key = jax.random.key(0)
+    _, params, state = _model(3).init(key, (2,))
+    opt_state = optax.adam(1e-3).init(params)
+    checkpoint.save(tmp_path / "c", (params, state, opt_state))
+    _, new_params, new_state = _model(5).init(jax.random.key(1), (2,))
+    body = checkpoint.load(tmp_path / "c", new_params[:-1], prefix="[0]", strict=False)
+    assert_bitwise_equal(body, params[:-1])
+    # The same with a tuple prefix, and the state's body too.
+    again = checkpoint.load(tmp_path / "c", new_params[:-1], prefix=(0,), strict=False)
+    assert_bitwise_equal(again, params[:-1])
+    checkpoint.load(tmp_path / "c", new_state[:-1], prefix=(1,), strict=False)
+    # A whole subtree loads strictly: every saved leaf under the prefix.
+    assert_bitwise_equal(checkpoint.load(tmp_path / "c", params, prefix="[0]"), params)
+    # The new model runs with the old body and its own head.
+    model = _model(5)
+    x = np.ones((1, 2), np.float32)
+    y, _ = model.apply((*body, new_params[-1]), new_state, x)
+    p = jax.tree.map(np.asarray, (params[0], params[1], new_params[2]))
+    expected = x
+    for layer in p:
+        expected = expected @ layer["w"] + layer["b"]
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+
+
+def _saved_params(tmp_path):
+    params = ({"w": jnp.ones((2, 4)), "b": jnp.zeros(4)}, {}, {"w": jnp.ones((4, 3))})
+    checkpoint.save(tmp_path / "c", {"params": params, "step": 7})
+    return params
+
+
+def test_partial_loads_validate_like_whole_ones(tmp_path):
+    params = _saved_params(tmp_path)
+    path = tmp_path / "c"
+    body = ({"w": jnp.zeros((2, 5)), "b": jnp.zeros(5)},)
+    with pytest.raises(
+        CheckpointError,
+        match=r"leaf \['params'\]\[0\]\['b'\] has shape \(4,\) in .* \(5,\) in like",
+    ):
+        checkpoint.load(path, body, prefix="['params']", strict=False)
+    wrong_dtype = ({"w": jnp.zeros((2, 4), jnp.bfloat16), "b": jnp.zeros(4)},)
+    with pytest.raises(CheckpointError, match="dtype float32 in .* bfloat16 in like"):
+        checkpoint.load(path, wrong_dtype, prefix=("params",), strict=False)
+    with pytest.raises(
+        CheckpointError,
+        match=r"leaf \['params'\]\[0\]\['v'\] of like is not in .*, whose leaves "
+        r"under \"\['params'\]\" are \['params'\]\[0\]\['b'\]",
+    ):
+        checkpoint.load(path, ({"v": jnp.zeros(4)},), prefix="['params']", strict=False)
+    # strict: the saved subtree must be exactly like.
+    with pytest.raises(CheckpointError, match="has 3 leaves but like has 2"):
+        checkpoint.load(path, params[:1], prefix="['params']")
+    with pytest.raises(CheckpointError, match="no leaves under prefix"):
+        checkpoint.load(path, params, prefix="['param']")
+    # "[1]" is not a prefix of "[10]": prefixes match whole keys.
+    with pytest.raises(CheckpointError, match="no leaves under prefix"):
+        checkpoint.load(path, 0, prefix="['step']['x']")
+    assert checkpoint.load(path, 0, prefix="['step']") == 7
+    with pytest.raises(TypeError, match="prefix must be"):
+        checkpoint.load(path, params, prefix=0)
+    for bad in ((1.5,), (True,), (None,)):
+        with pytest.raises(TypeError, match="prefix entries must be"):
+            checkpoint.load(path, params, prefix=bad)
+    with pytest.raises(ValueError, match="not a key path"):
+        checkpoint.load(path, params, prefix="params")
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        checkpoint.load(path, params, strict="no")
+
+
+def test_strict_false_without_prefix_skips_the_leaves_like_lacks(tmp_path):
+    params = _saved_params(tmp_path)
+    loaded = checkpoint.load(tmp_path / "c", {"step": 0}, strict=False)
+    assert loaded == {"step": 7}
+    like = {"params": (params[0],)}
+    assert_bitwise_equal(
+        checkpoint.load(tmp_path / "c", like, strict=False), {"params": (params[0],)}
+    )
+    with pytest.raises(CheckpointError, match="to load part .* pass strict=False"):
+        checkpoint.load(tmp_path / "c", {"step": 0})
+
+
+def test_prefixes_match_whole_keys(tmp_path):
+    tree = [jnp.full(2, float(i)) for i in range(11)]
+    checkpoint.save(tmp_path / "c", tree)
+    np.testing.assert_array_equal(
+        checkpoint.load(tmp_path / "c", tree[1], prefix="[1]"), 1
+    )
+    np.testing.assert_array_equal(
+        checkpoint.load(tmp_path / "c", tree[10], prefix=(10,)), 10
+    )

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import threading
+import tracemalloc
 from pathlib import Path
 
 import jax
@@ -257,7 +258,8 @@ def gzip_or_raw(blob):
 def test_mnist_reads_a_given_folder(tmp_path, compress):
     arrays = fake_mnist()
     write_mnist(tmp_path, arrays, compress=compress)
-    assert_matches_fake(data.mnist(tmp_path, download=False), arrays)
+    split = data.mnist(tmp_path, download=False, checksums=md5s(arrays))
+    assert_matches_fake(split, arrays)
 
 
 def test_mnist_folder_is_data_dir_then_env_then_user_cache(tmp_path, monkeypatch):
@@ -266,12 +268,13 @@ def test_mnist_folder_is_data_dir_then_env_then_user_cache(tmp_path, monkeypatch
     write_mnist(tmp_path / "xdg" / "fnn" / "mnist", cache_arrays)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("FNN_DATA_DIR", str(tmp_path / "env"))
-    assert_matches_fake(data.mnist(download=False), env_arrays)
+    assert_matches_fake(data.mnist(download=False, verify=False), env_arrays)
     assert_matches_fake(
-        data.mnist(tmp_path / "xdg" / "fnn" / "mnist", download=False), cache_arrays
+        data.mnist(tmp_path / "xdg" / "fnn" / "mnist", download=False, verify=False),
+        cache_arrays,
     )
     monkeypatch.delenv("FNN_DATA_DIR")
-    assert_matches_fake(data.mnist(download=False), cache_arrays)
+    assert_matches_fake(data.mnist(download=False, verify=False), cache_arrays)
 
 
 def test_mnist_missing_file_without_download_says_where_to_put_it(tmp_path):
@@ -290,7 +293,7 @@ def test_mnist_rejects_images_and_labels_of_different_counts(tmp_path):
     arrays["train-labels-idx1-ubyte"] = arrays["train-labels-idx1-ubyte"][:-1]
     write_mnist(tmp_path, arrays)
     with pytest.raises(ValueError, match="12 images but .* 11 labels"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, checksums=md5s(arrays))
 
 
 def test_mnist_rejects_swapped_files(tmp_path):
@@ -299,7 +302,131 @@ def test_mnist_rejects_swapped_files(tmp_path):
     arrays[names[0]], arrays[names[1]] = arrays[names[1]], arrays[names[0]]
     write_mnist(tmp_path, arrays)
     with pytest.raises(ValueError, match="magic number 2049 \\(expected 2051\\)"):
+        data.mnist(tmp_path, download=False, checksums=md5s(arrays))
+
+
+def test_mnist_verifies_files_on_disk_against_their_md5(tmp_path):
+    arrays = fake_mnist()
+    checksums = md5s(arrays)
+    arrays["t10k-images-idx3-ubyte"][0, 5, 5] ^= 1  # one flipped pixel
+    write_mnist(tmp_path, arrays)
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz' has MD5") as info:
+        data.mnist(tmp_path, download=False, checksums=checksums)
+    assert checksums["t10k-images-idx3-ubyte"] in str(info.value)
+    assert "verify=False" in str(info.value)
+    # Opting out loads the changed file as it is.
+    split = data.mnist(tmp_path, download=False, checksums=checksums, verify=False)
+    assert_matches_fake(split, arrays)
+    with pytest.raises(ValueError, match="no checksum given .* verify=False"):
+        data.mnist(tmp_path, download=False, checksums={})
+
+
+def test_mnist_checks_the_built_in_checksums_by_default(tmp_path):
+    write_mnist(tmp_path, fake_mnist())
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz' has MD5"):
         data.mnist(tmp_path, download=False)
+
+
+def _mnist_with(tmp_path, **changes):
+    arrays = {**fake_mnist(), **changes}
+    write_mnist(tmp_path, arrays)
+    return lambda: data.mnist(tmp_path, download=False, checksums=md5s(arrays))
+
+
+def test_mnist_refuses_images_other_than_28x28(tmp_path):
+    images = np.zeros((12, 32, 32), np.uint8)
+    load = _mnist_with(tmp_path, **{"train-images-idx3-ubyte": images})
+    with pytest.raises(ValueError, match="images of 32x32 pixels; MNIST's are 28x28"):
+        load()
+
+
+def test_mnist_refuses_out_of_range_labels_and_empty_files(tmp_path):
+    labels = np.full(5, 10, np.uint8)
+    with pytest.raises(ValueError, match="has label 10 > 9"):
+        _mnist_with(tmp_path / "a", **{"t10k-labels-idx1-ubyte": labels})()
+    empty = {
+        "t10k-images-idx3-ubyte": np.zeros((0, 28, 28), np.uint8),
+        "t10k-labels-idx1-ubyte": np.zeros(0, np.uint8),
+    }
+    with pytest.raises(ValueError, match="holds no images"):
+        _mnist_with(tmp_path / "b", **empty)()
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _gzip_bomb(head, zeros):
+    """A gzip stream of ``head`` and ``zeros`` zero bytes, built in chunks."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as f:
+        f.write(head)
+        chunk = bytes(2**20)
+        for _ in range(zeros // len(chunk)):
+            f.write(chunk)
+    return buffer.getvalue()
+
+
+def test_read_idx_stops_decompressing_at_the_declared_size(tmp_path):
+    """A 64 KB .gz declaring 10 labels but expanding to 64 MiB fails at once."""
+    bomb = _gzip_bomb(idx_bytes(np.arange(10)), 64 * 2**20)
+    assert len(bomb) < 2**17
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(bomb)
+
+    def load():
+        with pytest.raises(ValueError, match="trailing bytes.* gzip stream holds more"):
+            data.read_idx(path)
+
+    assert _peak_bytes(load) < 4 * 2**20
+    # A header declaring 4 GiB x 4 GiB images over a few bytes: truncated, cheap.
+    huge = struct.pack(">IIII", 0x0803, 2**32 - 1, 2**32 - 1, 1) + bytes(100)
+
+    def load_huge():
+        with pytest.raises(ValueError, match="truncated"):
+            data.read_idx(gzip.compress(huge))
+
+    assert _peak_bytes(load_huge) < 4 * 2**20
+
+
+def test_read_idx_reads_only_the_header_of_a_raw_file_of_the_wrong_size(tmp_path):
+    path = tmp_path / "labels"
+    with open(path, "wb") as f:
+        f.write(idx_bytes(np.arange(10)))
+        f.truncate(256 * 2**20)  # sparse: no disk used
+
+    def load():
+        with pytest.raises(ValueError, match="trailing bytes"):
+            data.read_idx(path)
+
+    assert _peak_bytes(load) < 2**20
+
+
+def test_read_idx_refuses_a_fifo_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            data.read_idx(fifo)
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(e)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # unblock the old behaviour's open() and fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_idx hung on a FIFO")
+    assert isinstance(outcome[0], OSError)
+    assert "not a regular file" in str(outcome[0])
 
 
 # --------------------------------------------------------------------------
@@ -351,7 +478,7 @@ def test_mnist_download_is_verified_cached_and_reused_offline(server, tmp_path):
     assert_matches_fake(split, arrays)
     assert sorted(os.listdir(cache)) == sorted(n + ".gz" for n in arrays)
     # Offline now: no working mirror, yet everything is read from the cache.
-    again = data.mnist(cache, mirrors=[closed_port_url()], checksums={})
+    again = data.mnist(cache, mirrors=[closed_port_url()], checksums=md5s(arrays))
     assert_matches_fake(again, arrays)
 
 
@@ -455,22 +582,43 @@ def test_xor_is_the_truth_table():
     np.testing.assert_array_equal(y[:, 0], np.logical_xor(x[:, 0], x[:, 1]))
 
 
-@pytest.mark.parametrize("n, classes", [(300, 2), (301, 3), (7, 2)])
-def test_spirals_shapes_classes_and_determinism(n, classes):
-    x, y = data.spirals(n, classes=classes, seed=3)
-    assert x.shape == (n, 2) and x.dtype == np.float32
-    assert y.shape == (n,) and y.dtype == np.int32
+def _spirals_all(*args, **kwargs):
+    """Train and test sets of spirals, concatenated."""
+    (x_train, y_train), (x_test, y_test) = data.spirals(*args, **kwargs)
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+
+
+@pytest.mark.parametrize("n, classes, n_test", [(300, 2, 60), (301, 3, 60), (7, 2, 1)])
+def test_spirals_split_like_digits_shapes_classes_and_determinism(n, classes, n_test):
+    split = data.spirals(n, classes=classes, seed=3)
+    (x_train, y_train), (x_test, y_test) = split
+    assert x_train.shape == (n - n_test, 2) and x_test.shape == (n_test, 2)
+    assert y_train.shape == (n - n_test,) and y_test.shape == (n_test,)
+    assert x_train.dtype == x_test.dtype == np.float32
+    assert y_train.dtype == y_test.dtype == np.int32
+    x, y = _spirals_all(n, classes=classes, seed=3)
     counts = np.bincount(y, minlength=classes)
     assert len(counts) == classes and counts.max() - counts.min() <= 1
-    x2, y2 = data.spirals(n, classes=classes, seed=3)
-    np.testing.assert_array_equal(x, x2)
-    np.testing.assert_array_equal(y, y2)
-    assert not np.array_equal(x, data.spirals(n, classes=classes, seed=4)[0])
+    for a, b in zip(
+        [a for pair in split for a in pair],
+        [a for pair in data.spirals(n, classes=classes, seed=3) for a in pair],
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(x, _spirals_all(n, classes=classes, seed=4)[0])
+
+
+def test_spirals_are_shuffled_and_both_sets_hold_every_class():
+    (_, y_train), (_, y_test) = data.spirals(300, classes=3)
+    # Sorted by class, 240 labels would change value twice; shuffled, ~160 times.
+    assert np.count_nonzero(np.diff(y_train)) > 100
+    assert set(y_train) == set(y_test) == {0, 1, 2}
 
 
 def test_spirals_arms_are_rotated_copies_without_noise():
-    x, y = data.spirals(200, classes=2, noise=0.0)
-    np.testing.assert_allclose(x[y == 1], -x[y == 0], atol=1e-6)  # rotated by pi
+    x, y = _spirals_all(200, classes=2, noise=0.0)
+    order = np.argsort(np.linalg.norm(x, axis=1), kind="stable")
+    arm0, arm1 = x[order][y[order] == 0], x[order][y[order] == 1]
+    np.testing.assert_allclose(arm1, -arm0, atol=1e-6)  # rotated by pi
     radius = np.linalg.norm(x, axis=1)
     assert radius.min() == pytest.approx(0.1) and radius.max() == pytest.approx(1.0)
 
@@ -478,10 +626,75 @@ def test_spirals_arms_are_rotated_copies_without_noise():
 def test_spirals_rejects_bad_arguments():
     with pytest.raises(ValueError, match="classes"):
         data.spirals(10, classes=1)
-    with pytest.raises(ValueError, match="n must be"):
-        data.spirals(0)
-    with pytest.raises(ValueError, match="noise"):
-        data.spirals(10, noise=-1.0)
+    for n in (0, 1):
+        with pytest.raises(ValueError, match="n must be"):
+            data.spirals(n)
+    for noise in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="noise"):
+            data.spirals(10, noise=noise)
+    with pytest.raises(ValueError, match="turns"):
+        data.spirals(10, turns=float("nan"))
+    for fraction in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="test_fraction must be in"):
+            data.spirals(10, test_fraction=fraction)
+    with pytest.raises(ValueError, match="one part would be empty"):
+        data.spirals(2, test_fraction=0.9)
+    with pytest.raises(TypeError, match="seed"):
+        data.spirals(10, seed=-1)
+
+
+# --------------------------------------------------------------------------
+# split
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, fraction, n_b", [(10, 0.1, 1), (30, 0.1, 3), (5, 0.01, 1)])
+def test_split_sizes_cover_every_example_once_and_keep_pairs(n, fraction, n_b):
+    x, y = _xy(n)
+    (x_a, y_a), (x_b, y_b) = data.split(x, y, fraction, seed=1)
+    assert len(y_b) == n_b and len(y_a) == n - n_b
+    assert sorted([*y_a, *y_b]) == list(range(n))
+    np.testing.assert_array_equal(x_a, x[y_a])
+    np.testing.assert_array_equal(x_b, x[y_b])
+    assert x_a.dtype == x.dtype and y_b.dtype == y.dtype
+
+
+def test_split_is_deterministic_shuffled_and_seeded():
+    x, y = _xy(100)
+    (_, y_a), (_, y_b) = data.split(x, y, 0.2, seed=0)
+    (_, y_a2), (_, y_b2) = data.split(x, y, 0.2, seed=0)
+    np.testing.assert_array_equal(y_a, y_a2)
+    np.testing.assert_array_equal(y_b, y_b2)
+    assert not np.array_equal(y_a, np.sort(y_a))  # shuffled, not a slice
+    assert not np.array_equal(y_b, data.split(x, y, 0.2, seed=1)[1][1])
+
+
+def test_split_of_jax_arrays_gives_jax_arrays():
+    x, y = _xy(6)
+    (x_a, y_a), _ = data.split(jax.numpy.asarray(x), jax.numpy.asarray(y), 0.5)
+    assert isinstance(x_a, jax.Array) and isinstance(y_a, jax.Array)
+    np.testing.assert_array_equal(np.asarray(x_a), x[np.asarray(y_a)])
+
+
+def test_split_validates_its_arguments():
+    x, y = _xy(10)
+    with pytest.raises(ValueError, match=r"split: x and y differ in length"):
+        data.split(x, y[:9])
+    for bad in (0, 0.0, 1, 1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+            data.split(x, y, bad)
+    for bad in ("0.1", None, True):
+        with pytest.raises(TypeError, match="fraction must be a number"):
+            data.split(x, y, bad)
+    with pytest.raises(ValueError, match="one part would be empty"):
+        data.split(x[:1], y[:1], 0.5)
+    with pytest.raises(ValueError, match="one part would be empty"):
+        data.split(x, y, 0.99)
+    for seed in (-1, 0.5, None, True):
+        with pytest.raises(TypeError, match="seed must be"):
+            data.split(x, y, 0.5, seed=seed)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        data.split(np.float32(1.0), y)
 
 
 # --------------------------------------------------------------------------
@@ -546,3 +759,117 @@ def test_batches_validate_arguments_eagerly():
         data.batches(x, y, 2)
     with pytest.raises(ValueError, match="leading batch axis"):
         data.batches(np.float32(1.0), y, 2, shuffle=False)
+
+
+# --------------------------------------------------------------------------
+# memmap_batches: streaming from files on disk
+# --------------------------------------------------------------------------
+
+
+def _save_xy(folder, n=50):
+    x, y = _xy(n)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    return x, y
+
+
+def _epoch(folder, batch_size, **kwargs):
+    return list(
+        data.memmap_batches(folder / "x.npy", folder / "y.npy", batch_size, **kwargs)
+    )
+
+
+def test_memmap_batches_shuffle_each_epoch_and_keep_pairs(tmp_path):
+    x, y = _save_xy(tmp_path)
+    out = _epoch(tmp_path, 8, seed=3, epoch=0)
+    assert [len(yb) for _, yb in out] == [8] * 6 + [2]
+    ys = np.concatenate([yb for _, yb in out])
+    assert sorted(ys) == list(range(50)) and not np.array_equal(ys, np.arange(50))
+    for xb, yb in out:
+        assert type(xb) is np.ndarray and xb.dtype == np.float32
+        np.testing.assert_array_equal(xb, x[yb])
+    # the order is np.random.default_rng([seed, epoch]).permutation(N)
+    np.testing.assert_array_equal(ys, np.random.default_rng([3, 0]).permutation(50))
+    again = np.concatenate([yb for _, yb in _epoch(tmp_path, 8, seed=3, epoch=0)])
+    np.testing.assert_array_equal(ys, again)
+    other_epochs = {
+        tuple(np.concatenate([yb for _, yb in _epoch(tmp_path, 8, seed=s, epoch=e)]))
+        for s, e in ((3, 1), (3, 2), (4, 0))
+    }
+    assert len(other_epochs | {tuple(ys)}) == 4
+
+
+def test_memmap_batches_in_order_and_dropping_the_remainder(tmp_path):
+    _save_xy(tmp_path, 10)
+    kept = _epoch(tmp_path, 4, shuffle=False)
+    assert [yb.tolist() for _, yb in kept] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    dropped = _epoch(tmp_path, 4, drop_remainder=True)
+    assert [len(yb) for _, yb in dropped] == [4, 4]
+
+
+def test_memmap_batches_read_raw_idx_files_in_native_order(tmp_path):
+    images = np.arange(6 * 4 * 4).reshape(6, 4, 4) % 256
+    (tmp_path / "x.npy").write_bytes(idx_bytes(images))  # told apart by content
+    values = np.array([5, -7, 300000, 0, 1, 2], ">i4")
+    header = struct.pack(">II", 0x0C01, 6)
+    (tmp_path / "y.npy").write_bytes(header + values.tobytes())
+    out = _epoch(tmp_path, 4, seed=0)
+    for xb, yb in out:
+        assert xb.dtype == np.uint8 and yb.dtype == np.int32 and yb.dtype.isnative
+        rows = [int(np.flatnonzero(values == v)[0]) for v in yb]
+        np.testing.assert_array_equal(xb, images[rows])
+    assert sorted(np.concatenate([yb for _, yb in out])) == sorted(values)
+
+
+def test_memmap_batches_read_one_batch_not_the_file(tmp_path):
+    n = 2**15  # 32 MiB of images, 32 KiB of labels
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.uint8, (n, 1024))
+    x[::1000] = 7
+    del x
+    np.save(tmp_path / "y.npy", np.arange(n, dtype=np.int32))
+
+    def first_batch():
+        stream = data.memmap_batches(tmp_path / "x.npy", tmp_path / "y.npy", 16)
+        xb, yb = next(stream)
+        np.testing.assert_array_equal(xb[:, 0], np.where(yb % 1000 == 0, 7, 0))
+
+    tracemalloc.start()
+    try:
+        first_batch()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # the permutation (256 KiB) and one batch
+
+
+def test_memmap_batches_validate_files_and_arguments(tmp_path):
+    x, y = _save_xy(tmp_path, 10)
+    np.save(tmp_path / "short.npy", y[:9])
+    with pytest.raises(ValueError, match="differ in length"):
+        data.memmap_batches(tmp_path / "x.npy", tmp_path / "short.npy", 2)
+    (tmp_path / "x.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(10))))
+    with pytest.raises(ValueError, match="gzip-compressed .* decompress"):
+        data.memmap_batches(tmp_path / "x.gz", tmp_path / "y.npy", 2)
+    np.save(tmp_path / "objects.npy", np.array([{}, []], dtype=object))
+    with pytest.raises(ValueError, match="cannot memory-map"):
+        data.memmap_batches(tmp_path / "objects.npy", tmp_path / "y.npy", 2)
+    (tmp_path / "text").write_text("hello, world")
+    with pytest.raises(ValueError, match="not an IDX file .* .npy or raw IDX"):
+        data.memmap_batches(tmp_path / "text", tmp_path / "y.npy", 2)
+    (tmp_path / "cut").write_bytes(idx_bytes(np.zeros(10))[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        data.memmap_batches(tmp_path / "cut", tmp_path / "y.npy", 2)
+    np.save(tmp_path / "scalar.npy", np.float32(1))
+    with pytest.raises(ValueError, match="leading batch axis"):
+        data.memmap_batches(tmp_path / "scalar.npy", tmp_path / "y.npy", 2)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        data.memmap_batches(tmp_path / "fifo", tmp_path / "y.npy", 2)
+    for kwargs, error in (
+        ({"batch_size": 0}, ValueError),
+        ({"batch_size": 2.0}, TypeError),
+        ({"batch_size": 2, "seed": -1}, ValueError),
+        ({"batch_size": 2, "epoch": True}, TypeError),
+    ):
+        with pytest.raises(error, match="memmap_batches: "):
+            data.memmap_batches(tmp_path / "x.npy", tmp_path / "y.npy", **kwargs)

@@ -28,6 +28,21 @@ def params_of_another_model():
     return jax.jit(f)(params, state, jnp.ones((3, 2)), jnp.ones((3, 4)))
 
 
+def cnn_init_with_batch_axis():
+    model = L.serial(Conv(4, (3, 3)), L.Relu, L.Flatten(), L.Dense(2))
+    return model.init(KEY, (5, 8, 8, 1))
+
+
+def mlp_built_with_batch_axis_meets_data():
+    model = L.serial(L.Flatten(), L.Dense(3), L.Relu, L.Dense(2))
+    _, params, state = model.init(KEY, (5, 8, 8, 1))  # x.shape, not x.shape[1:]
+    return jit_apply_with(model, params, state, jnp.ones((2, 8, 8, 1)))
+
+
+def jit_apply_with(model, params, state, x, **kwargs):
+    return jax.jit(lambda p, s, x: model.apply(p, s, x, **kwargs))(params, state, x)
+
+
 def checkpoint_roundtrip(tmp_path, like, cut=None):
     path = tmp_path / "c.fnn"
     checkpoint.save(path, {"w": jnp.ones((64, 10))})
@@ -66,7 +81,7 @@ BAD_INPUTS = [
         "LSTM given the wrong feature size",
         lambda _: jit_apply(LSTM(16), (5, 10), jnp.ones((2, 5, 12))),
         ShapeError,
-        r"LSTM\(16\): expected input \(T, 10\) per example, got \(5, 12\)",
+        r"LSTM\(16\): expected input \(T, 10\), got \(5, 12\) per example",
     ),
     (
         "attention heads that do not divide the features",
@@ -139,6 +154,72 @@ BAD_INPUTS = [
         r"did you mean Flatten\(\)\?",
     ),
     (
+        "a model called on data",
+        lambda _: L.serial(L.Dense(2))(jnp.ones((1, 2))),
+        TypeError,
+        r"serial\(Dense\(2\)\) is not called on data: write y, state = "
+        r"model.apply\(params, state, x\)",
+    ),
+    (
+        "apply without the state",
+        lambda _: L.Dense(2).apply(L.Dense(2).init(KEY, (3,))[1], jnp.ones((1, 3))),
+        TypeError,
+        r"Dense\(2\): apply takes \(params, state, x\); got two arguments, so "
+        r"the state is missing",
+    ),
+    (
+        "a value layer called like a constructor",
+        lambda _: L.serial(L.Dense(2), L.Relu()),
+        TypeError,
+        r"Relu is already a layer, not a constructor: write Relu without the \(\)",
+    ),
+    (
+        "init given x.shape, with the batch axis (a CNN)",
+        lambda _: cnn_init_with_batch_axis(),
+        ShapeError,
+        r"serial layer \[0\] Conv.*init works for \(8, 8, 1\): did you pass "
+        r"x.shape instead of x.shape\[1:\] to init\?",
+    ),
+    (
+        "params built for x.shape meet data (an MLP)",
+        lambda _: mlp_built_with_batch_axis_meets_data(),
+        ShapeError,
+        r"serial layer \[1\] Dense\(3\): expected input \(\.\.\., 320\), got "
+        r"\(64,\).*built for input shape \(5, 8, 8, 1\): did you pass x.shape "
+        r"instead of x.shape\[1:\] to init\?",
+    ),
+    (
+        "an array given to init instead of its shape",
+        lambda _: L.Dense(3).init(KEY, jnp.ones((1, 8, 8, 1))),
+        ShapeError,
+        r"got an array of shape \(1, 8, 8, 1\) and dtype float32; pass a shape, "
+        r"e.g. x.shape\[1:\]",
+    ),
+    (
+        "apply given another layer's params",
+        lambda _: jit_apply_with(
+            L.Dense(4), L.Dense(1).init(KEY, (2,))[1], (), jnp.ones((3, 2))
+        ),
+        ShapeError,
+        r"Dense\(4\): params\['w'\] has shape \(2, 1\), but this layer needs "
+        r"\(\?, 4\); were they made by another model's init\?",
+    ),
+    (
+        "BatchNorm training on one value per channel",
+        lambda _: jit_apply(
+            L.serial(L.Dense(4), L.BatchNorm()), (3,), jnp.ones((1, 3)), train=True
+        ),
+        ShapeError,
+        r"BatchNorm\(\): training needs more than one value per channel",
+    ),
+    (
+        "an int seed where a PRNG key goes",
+        lambda _: L.Dropout(0.5).apply((), (), jnp.ones((2, 3)), key=0, train=True),
+        TypeError,
+        r"Dropout\(0.5\): expected a PRNG key, got int 0; make one from a seed "
+        r"with jax.random.key\(seed\)",
+    ),
+    (
         "a checkpoint of other shapes",
         lambda tmp: checkpoint_roundtrip(tmp, {"w": jnp.ones((32, 10))}),
         CheckpointError,
@@ -159,3 +240,22 @@ BAD_INPUTS = [
 def test_bad_input_gets_a_clear_error(make, error, message, tmp_path):
     with pytest.raises(error, match=message):
         make(tmp_path)
+
+
+def test_an_array_given_as_a_shape_is_named_not_printed():
+    x = jnp.zeros((100, 8, 8, 1))
+    with pytest.raises(ShapeError) as info:
+        L.serial(L.Flatten(), L.Dense(3)).init(KEY, x)
+    assert len(str(info.value)) < 300 and "0. 0." not in str(info.value)
+
+
+def test_batch_axis_hint_only_when_it_is_the_cause():
+    """A plain mismatch gets no batch-axis hint: the hint must not mislead."""
+    model = L.serial(L.Flatten(), L.Dense(3))
+    _, params, state = model.init(KEY, (4, 4, 1))
+    with pytest.raises(ShapeError) as info:
+        model.apply(params, state, jnp.ones((2, 8, 8, 1)))
+    assert "x.shape" not in str(info.value)
+    with pytest.raises(ShapeError) as info:
+        L.serial(L.Dense(2)).init(KEY, 3)
+    assert "x.shape[1:]" not in str(info.value)

@@ -40,6 +40,18 @@ CASES = [
     ("residual", L.residual(L.Dense(4), L.Tanh), (4,), False),
     ("residual-single", L.residual(L.Dense(4)), (4,), False),
     (
+        "residual-dense-shortcut",
+        L.residual(L.Dense(3), L.Tanh, L.Dense(2), shortcut=L.Dense(2)),
+        (4,),
+        False,
+    ),
+    (
+        "residual-bn-shortcut-train",
+        L.residual(L.Dense(3), L.BatchNorm(), shortcut=L.serial(L.Dense(3), L.Tanh)),
+        (2, 4),
+        True,
+    ),
+    (
         "fan-out-parallel-sum",
         L.serial(L.fan_out(2), L.parallel(L.Dense(3), L.Dense(3)), L.fan_in_sum()),
         (4,),
@@ -69,7 +81,7 @@ CASES = [
         L.Softmax,
         L.LogSoftmax,
         L.Gelu,
-        L.GeluTanh(),
+        L.GeluTanh,
         L.Silu,
         L.Elu(0.7),
         L.Softplus,
@@ -213,8 +225,14 @@ def test_serial_rejects_uncalled_constructor():
         L.serial(L.Flatten, L.Dense(2))
 
 
-def test_value_layers_are_callable_for_convenience():
-    assert L.Relu() is L.Relu
+def test_calling_a_layer_says_what_to_write_instead():
+    with pytest.raises(TypeError, match=r"Relu is already a layer.*write Relu without"):
+        L.Relu()
+    with pytest.raises(TypeError, match=r"Dense\(3\) is already a layer"):
+        L.Dense(3)()
+    model = L.serial(L.Dense(3))
+    with pytest.raises(TypeError, match=r"write y, state = model.apply\(params, state"):
+        model(jnp.ones((2, 4)))
 
 
 def test_fan_out_and_fan_in_sum_add_branches():
@@ -269,3 +287,279 @@ def test_params_from_another_model_are_named():
     _, params_c, state_c = c.init(KEY, (2,))
     with pytest.raises(ValueError, match=r"missing \[\"\[2\]\['b'\]\"\]"):
         f(params_c, state_c, jnp.ones((3, 2)), jnp.zeros((3,), jnp.int32))
+
+
+# --------------------------------------------------------------------------
+# Parameters that do not fit are refused at trace time (issue 12).
+
+
+def apply_jitted(layer, params, state, x, **kwargs):
+    return jax.jit(lambda p, s, x: layer.apply(p, s, x, **kwargs))(params, state, x)
+
+
+def test_dense_refuses_another_dense_s_params():
+    _, params_1, _ = L.Dense(1).init(KEY, (2,))
+    with pytest.raises(ShapeError, match=r"Dense\(4\): params\['w'\] has shape \(2, 1"):
+        apply_jitted(L.Dense(4), params_1, (), jnp.ones((3, 2)))
+    model = L.serial(L.Dense(4), L.Relu)
+    _, params, state = L.serial(L.Dense(1), L.Relu).init(KEY, (2,))
+    with pytest.raises(ShapeError, match=r"serial layer \[0\] Dense\(4\): params"):
+        model.apply(params, state, jnp.ones((3, 2)))
+
+
+def test_batchnorm_refuses_state_of_other_channels():
+    _, params, _ = L.BatchNorm().init(KEY, (4,))
+    _, _, state_1 = L.BatchNorm().init(KEY, (1,))
+    for train in (False, True):
+        with pytest.raises(ShapeError, match=r"state\['mean'\] has shape \(1,\)"):
+            apply_jitted(L.BatchNorm(), params, state_1, jnp.ones((3, 4)), train=train)
+
+
+def test_extra_or_missing_keys_are_refused():
+    _, params, _ = L.Dense(2).init(KEY, (3,))
+    x = jnp.ones((2, 3))
+    with pytest.raises(ShapeError, match=r"keys \['b', 'w'\], got a dict with keys"):
+        L.Dense(2).apply({**params, "extra": jnp.ones(2)}, (), x)
+    with pytest.raises(ShapeError, match=r"keys \['w'\], got"):
+        L.Dense(2, use_bias=False).apply(params, (), x)
+    _, ln, _ = L.LayerNorm().init(KEY, (3,))
+    with pytest.raises(ShapeError, match=r"LayerNorm\(\): params must be a dict"):
+        L.LayerNorm().apply({**ln, "scale": ln["w"]}, (), x)
+
+
+def test_parameter_free_layers_refuse_params():
+    _, params, _ = L.Dense(2).init(KEY, (2,))
+    for layer in (L.Relu, L.Softmax, L.Flatten(), L.Dropout(0.5), L.fan_out(2)):
+        with pytest.raises(ShapeError, match=r"has no params, got a dict"):
+            layer.apply(params, (), jnp.ones((2, 2)))
+
+
+def test_checks_cost_nothing_under_jit():
+    """The checks read shapes only: the compiled program is the same."""
+    model = L.serial(L.Dense(3), L.BatchNorm(), L.Relu)
+    _, params, state = model.init(KEY, (4,))
+
+    def bare(params, state, x):  # the same maths, without any layer
+        y = x @ params[0]["w"] + params[0]["b"][None]
+        mean, var = y.mean(0), y.var(0)
+        y = (y - mean[None]) * jax.lax.rsqrt(var + 1e-5)[None]
+        return jax.nn.relu(y * params[1]["w"][None] + params[1]["b"][None])
+
+    x = jnp.ones((5, 4))
+    ours = jax.jit(lambda p, s, x: model.apply(p, s, x, train=True)[0])
+    text = ours.lower(params, state, x).as_text()
+    assert "assert" not in text.lower() and "custom_call" not in text
+    np.testing.assert_allclose(
+        ours(params, state, x), jax.jit(bare)(params, state, x), atol=1e-5
+    )
+
+
+# --------------------------------------------------------------------------
+# Options as NumPy scalars; edge sizes (issue 12).
+
+
+def test_numpy_scalar_options_are_accepted_as_python_numbers():
+    assert L.Dense(np.int64(10)).name == "Dense(10)"
+    assert L.Dropout(np.float32(0.5)).name == "Dropout(0.5)"
+    assert L.BatchNorm(np.float64(0.5)).name == "BatchNorm(momentum=0.5)"
+    assert L.LeakyRelu(np.float32(0.25)).name == "LeakyRelu(alpha=0.25)"
+    assert L.fan_out(np.int32(2)).name == "fan_out(2)"
+    assert L.Reshape(np.int64(6)).name == "Reshape((6,))"
+    out, params, _ = L.Dense(3).init(KEY, (np.int64(4),))
+    assert out == (3,) and type(out[0]) is int and params["w"].shape == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: L.Dropout(True),
+        lambda: L.Dense(np.bool_(True)),
+        lambda: L.BatchNorm(eps=float("inf")),
+        lambda: L.BatchNorm(momentum=float("nan")),
+        lambda: L.LeakyRelu("0.1"),
+        lambda: L.Reshape((2, -1, -1)),
+        lambda: L.Reshape((2.0, 3)),
+        lambda: L.fan_in_concat(axis=1.0),
+    ],
+)
+def test_bad_options_are_refused_at_construction(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_zero_width_input_to_dense_gives_the_bias():
+    layer = L.Dense(3, bias_init=jax.nn.initializers.ones)
+    out, params, state = layer.init(KEY, (0,))
+    assert out == (3,) and params["w"].shape == (0, 3)
+    y, _ = layer.apply(params, state, jnp.ones((2, 0)))
+    np.testing.assert_array_equal(y, np.ones((2, 3)))  # the empty sum, plus b
+    _, cache = layer.forward(params, state, jnp.ones((2, 0)))[::2], jnp.ones((2, 0))
+    dparams, dx = layer.backward(params, cache, jnp.ones((2, 3)))
+    assert dparams["w"].shape == (0, 3) and dx.shape == (2, 0)
+    np.testing.assert_array_equal(dparams["b"], [2.0, 2.0, 2.0])
+
+
+def test_dense_draws_kernel_and_bias_from_different_keys():
+    normal = jax.nn.initializers.normal(1.0)
+    layer = L.Dense(3, kernel_init=normal, bias_init=normal)
+    _, params, _ = layer.init(KEY, (1,))
+    w, b = np.asarray(params["w"]), np.asarray(params["b"])
+    assert not np.any(np.isclose(w[0], b)), (w, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (1, 1, 1, 3), (0, 4)])
+def test_batchnorm_training_needs_two_values_per_channel(shape):
+    layer = L.BatchNorm()
+    _, params, state = layer.init(KEY, shape[1:])
+    with pytest.raises(ShapeError, match=r"more than one value per channel"):
+        apply_jitted(layer, params, state, jnp.ones(shape), train=True)
+    y, _ = layer.apply(params, state, jnp.ones(shape), train=False)  # eval is fine
+    assert y.shape == shape
+
+
+def test_layernorm_on_an_empty_last_axis_gives_an_empty_answer():
+    layer = L.LayerNorm()
+    _, params, state = layer.init(KEY, (3, 0))
+    y, _ = layer.apply(params, state, jnp.ones((2, 3, 0)))
+    assert y.shape == (2, 3, 0)
+
+
+def test_reshape_and_flatten_edge_shapes():
+    assert L.Flatten().init(KEY, ())[0] == (1,)
+    y, _ = L.Flatten().apply((), (), jnp.arange(3.0))  # a batch of scalars
+    assert y.shape == (3, 1)
+    scalar = r"Flatten\(\): expected input \(\.\.\.\), got a scalar"
+    with pytest.raises(ShapeError, match=scalar):
+        L.Flatten().apply((), (), jnp.float32(1.0))
+    with pytest.raises(ShapeError, match=r"Reshape\(\(4, -1\)\): cannot reshape \(6"):
+        L.Reshape((4, -1)).init(KEY, (6,))
+    with pytest.raises(ShapeError, match=r"Reshape\(\(4,\)\): cannot reshape \(5,\)"):
+        L.Reshape(4).apply((), (), jnp.ones((2, 5)))
+
+
+# --------------------------------------------------------------------------
+# residual with a projection shortcut (issue 15)
+
+
+def test_residual_shortcut_adds_the_projection():
+    model = L.residual(L.Dense(3), L.Tanh, shortcut=L.Dense(3, use_bias=False))
+    assert model.name == "residual(Dense(3), Tanh, shortcut=Dense(3, use_bias=False))"
+    out, params, state = model.init(KEY, (5,))
+    assert out == (3,) and set(params) == {"layers", "shortcut"}
+    x = jax.random.normal(KEY, (4, 5))
+    y, _ = model.apply(params, state, x)
+    f = jnp.tanh(x @ params["layers"][0]["w"] + params["layers"][0]["b"][None])
+    expected = f + x @ params["shortcut"]["w"]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    text = L.summary(model, (5,))
+    assert "shortcut: Dense(3, use_bias=False)" in text
+    assert "total parameters: 33" in text
+    with pytest.raises(ShapeError, match=r"but the shortcut to \(2,\)"):
+        L.residual(L.Dense(3), shortcut=L.Dense(2)).init(KEY, (5,))
+
+
+def test_residual_conv_shortcut_passes_backprop_check_in_float64():
+    from fnn import losses
+    from fnn.conv import Conv
+
+    model = L.serial(
+        L.residual(
+            Conv(4, (3, 3), strides=2),
+            L.BatchNorm(),
+            L.Relu,
+            shortcut=Conv(4, (1, 1), strides=2),
+        ),
+        L.Flatten(),
+        L.Dense(2),
+    )
+    _, params, state = model.init(KEY, (4, 4, 2))
+    x = jax.random.normal(jax.random.key(1), (3, 4, 4, 2))
+    y = jnp.array([0, 1, 1])
+    report = backprop.check(
+        model, losses.softmax_cross_entropy, params, state, x, y, train=True
+    )
+    assert report.ok, str(report)
+    assert "['shortcut']" in str(report)
+
+
+# --------------------------------------------------------------------------
+# Names and defaults read well (issues 13, 16)
+
+
+def test_names_show_every_non_default_option_the_same_way():
+    from fnn import initializers
+
+    assert L.Dense(256).name == "Dense(256)"
+    assert L.Dense(256, use_bias=False).name == "Dense(256, use_bias=False)"
+    he = L.Dense(8, kernel_init=initializers.he_normal())
+    assert he.name == "Dense(8, kernel_init=he_normal())"
+    assert L.Dense(8, bias_init=jax.nn.initializers.zeros).name == "Dense(8)"
+    assert L.BatchNorm().name == "BatchNorm()"
+    assert L.BatchNorm(eps=1e-3).name == "BatchNorm(eps=0.001)"
+    assert L.LayerNorm().name == "LayerNorm()"
+    assert L.LeakyRelu().name == "LeakyRelu()" and L.Elu(0.5).name == "Elu(alpha=0.5)"
+    assert L.fan_in_concat().name == "fan_in_concat()"
+    assert L.fan_in_concat(axis=0).name == "fan_in_concat(axis=0)"
+    text = L.summary(L.serial(L.Dense(4, use_bias=False), L.GeluTanh), (3,))
+    assert "Dense(4, use_bias=False)" in text and "GeluTanh" in text
+
+
+def test_help_shows_readable_defaults():
+    import inspect
+
+    signature = str(inspect.signature(L.Dense))
+    assert "kernel_init=lecun_normal(), bias_init=zeros" in signature
+    assert "<function" not in signature
+
+
+def test_summary_does_not_parse_names():
+    """A user layer named like a block is not expanded; blocks are by kind."""
+    fake = L.Layer(*L.Dense(2)[:3], name="serial(Dense(2))")
+    text = L.summary(L.serial(fake), (3,))
+    assert "\n  serial(Dense(2))  " in text  # its own row, under its own name
+    assert L.serial(L.Relu).kind == "serial" and L.residual(L.Relu).kind == "residual"
+
+
+def test_norm_layers_name_their_parameters_w_and_b(tmp_path):
+    from fnn import checkpoint
+    from fnn.normalization import legacy_like, rename_legacy
+
+    model = L.serial(L.Dense(3), L.BatchNorm(), L.LayerNorm())
+    _, params, _ = model.init(KEY, (2,))
+    assert [sorted(p) for p in params] == [["b", "w"]] * 3
+    # A checkpoint saved with the old names loads through legacy_like.
+    old = legacy_like(params)
+    assert sorted(old[0]) == ["b", "w"] and sorted(old[1]) == ["bias", "scale"]
+    checkpoint.save(tmp_path / "old.fnn", old)
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(tmp_path / "old.fnn", params)
+    back = rename_legacy(checkpoint.load(tmp_path / "old.fnn", legacy_like(params)))
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_combinators_refuse_to_broadcast_at_trace_time():
+    skip = L.residual(L.Flatten())  # keeps (4,), but not (2, 2)
+    _, params, state = skip.init(KEY, (4,))
+    with pytest.raises(ShapeError, match=r"give \(3, 4\) but the input \(3, 2, 2\)"):
+        skip.apply(params, state, jnp.ones((3, 2, 2)))
+    concat = L.fan_in_concat()
+    with pytest.raises(ShapeError, match=r"inputs differ off the concat axis"):
+        concat.apply((), (), (jnp.ones((2, 3, 1)), jnp.ones((2, 4, 1))))
+    with pytest.raises(ShapeError, match=r"different batch sizes"):
+        concat.apply((), (), (jnp.ones((2, 3)), jnp.ones((5, 3))))
+
+
+def test_a_list_given_as_input_is_named():
+    _, params, state = L.Dense(2).init(KEY, (3,))
+    with pytest.raises(TypeError, match=r"expected input as an array, got a list"):
+        L.Dense(2).apply(params, state, [[1.0, 2.0, 3.0]])
+
+
+def test_activation_layers_pass_a_none_cotangent_through():
+    """``None`` is the cotangent of inputs without a gradient (token ids, a
+    bool mask): an ``Identity`` beside them must not multiply it."""
+    ids = jnp.array([[1, 2]])
+    for layer in (L.Identity, L.Relu, L.Softmax):
+        _, _, cache = layer.forward((), (), ids)
+        assert layer.backward((), cache, None) == ((), None)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fnn import losses as L
+from fnn import metrics
 
 RNG = np.random.default_rng(0)
 
@@ -57,6 +58,17 @@ def _soft_labels(shape):
     return RNG.normal(size=shape) * 3, t / t.sum(-1, keepdims=True)
 
 
+def _class_probabilities(shape):
+    z, labels = _int_labels(shape)
+    p = np.exp(_log_softmax(z))
+    return p, labels
+
+
+def _ce(p, labels):
+    t = np.eye(p.shape[-1])[labels]
+    return -np.sum(t * np.log(p)) / (p.size // p.shape[-1])
+
+
 def _unnormalised(shape):
     return RNG.normal(size=shape) * 3, RNG.uniform(0, 1, shape)
 
@@ -102,6 +114,7 @@ CASES = [
     ("xent_one_hot", L.softmax_cross_entropy, _one_hot, _xent, CLASS_SHAPES),
     ("xent_soft", L.softmax_cross_entropy, _soft_labels, _xent, CLASS_SHAPES),
     ("xent_unnormalised", L.softmax_cross_entropy, _unnormalised, _xent, CLASS_SHAPES),
+    ("cross_entropy", L.cross_entropy, _class_probabilities, _ce, CLASS_SHAPES),
 ]
 
 
@@ -221,6 +234,81 @@ def test_out_of_range_labels_raise_when_concrete_and_zero_out_under_jit():
     np.testing.assert_array_equal(grad[1], [0, 0, 0])
 
 
+# (loss, pred, target, message fragment): wrong values, caught on concrete inputs.
+BAD_VALUES = [
+    (
+        L.binary_cross_entropy,
+        [2.0, -1.0],
+        [1.0, 0.0],
+        "probabilities must lie in [0, 1], got values from -1.0 to 2.0; for logits",
+    ),
+    (L.binary_cross_entropy, [0.5, 0.5], [1.0, 2.0], "targets must lie in [0, 1]"),
+    (
+        L.sigmoid_binary_cross_entropy,
+        [0.5, 0.5],
+        [-1.0, 1.0],
+        "targets must lie in [0, 1]",
+    ),
+    (
+        L.hinge,
+        [0.5, 0.5],
+        [0.0, 1.0],
+        "labels must be one of [-1, 1], got [0.0]; for 0/1 labels",
+    ),
+    (L.softmax_cross_entropy, [[1.0, 0.0]], [[-0.5, 1.5]], "targets must be >= 0"),
+    (
+        L.softmax_cross_entropy,
+        [[1.0], [2.0]],
+        [0, 0],
+        "one class: softmax over one class is always 1",
+    ),
+    (
+        L.softmax_cross_entropy,
+        [1.0, 2.0],
+        [0.0, 1.0],
+        "a batch axis and a class axis, e.g. (N, C), got shape (2,)",
+    ),
+    (L.cross_entropy, [[2.0, -1.0]], [0], "probabilities must lie in [0, 1]"),
+    (L.cross_entropy, [[0.5, 0.5]], [2], "labels must lie in [0, 2)"),
+]
+
+
+@pytest.mark.parametrize("loss,pred,target,fragment", BAD_VALUES)
+def test_wrong_values_raise_when_concrete(loss, pred, target, fragment):
+    pred, target = jnp.array(pred), jnp.array(target)
+    for fn in (loss.value, loss.grad):
+        with pytest.raises(ValueError, match=f"^{loss.name}: .*{re.escape(fragment)}"):
+            fn(pred, target)
+
+
+def test_hinge_labels_are_not_checked_under_jit_but_documented():
+    # Under jit the values are unknown: the loss computes with what it gets.
+    pred, target = jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0])
+    assert jax.jit(L.hinge)(pred, target) == pytest.approx((1 + 0.5) / 2)
+
+
+def test_cross_entropy_after_softmax_is_softmax_cross_entropy():
+    z = jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, -1.0]])
+    labels = jnp.array([0, 1])
+    p = jax.nn.softmax(z)
+    np.testing.assert_allclose(
+        L.cross_entropy(p, labels), L.softmax_cross_entropy(z, labels), rtol=1e-6
+    )
+    # The course's formula, -1/N sum y log p, by hand: -(log p[0,0] + log p[1,1]) / 2.
+    by_hand = -(np.log(p[0, 0]) + np.log(p[1, 1])) / 2
+    np.testing.assert_allclose(L.cross_entropy(p, labels), by_hand, rtol=1e-6)
+
+
+def test_cross_entropy_clamps_a_zero_probability():
+    p = jnp.array([[0.0, 1.0], [0.25, 0.75]])
+    labels = jnp.array([0, 1])
+    value, grad, autodiff = _value_grad_autodiff(L.cross_entropy)(p, labels)
+    np.testing.assert_allclose(value, (-np.log(1e-7) - np.log(0.75)) / 2, rtol=1e-6)
+    # No gradient through the clamp; -y / (N p) elsewhere.
+    np.testing.assert_allclose(grad, [[0, 0], [0, -1 / (2 * 0.75)]], rtol=1e-6)
+    np.testing.assert_allclose(autodiff, grad, rtol=1e-6)
+
+
 PARAM_TREES = [
     (),
     {"w": np.array([[1.0, -2.0], [0.0, 3.0]])},
@@ -264,9 +352,106 @@ ACCURACY = [
 
 
 @pytest.mark.parametrize("logits,labels,expected", ACCURACY)
-def test_accuracy(logits, labels, expected):
+@pytest.mark.parametrize("loss", [None, L.softmax_cross_entropy, L.mse])
+def test_accuracy_by_argmax(logits, labels, expected, loss):
     logits, labels = jnp.array(logits, jnp.float32), jnp.array(labels)
-    assert jax.jit(L.accuracy)(logits, labels) == pytest.approx(expected)
+    fn = jax.jit(lambda z, t: L.accuracy(z, t, loss=loss))
+    assert fn(logits, labels) == pytest.approx(expected)
+
+
+# Right on rows 0 and 3 only: a model right half the time scores 0.5.
+BINARY = [
+    (L.sigmoid_binary_cross_entropy, [2.0, -1.0, 0.5, -3.0], [1, 1, 0, 0]),
+    (L.sigmoid_binary_cross_entropy, [0.1, 0.0, 1e-3, -0.1], [1.0, 1.0, 0.0, 0.0]),
+    (L.binary_cross_entropy, [0.9, 0.4, 0.6, 0.1], [1, 1, 0, 0]),
+    (L.binary_cross_entropy, [0.51, 0.5, 0.7, 0.0], [1, 1, 0, 0]),
+    (L.hinge, [2.0, -1.0, 0.5, -3.0], [1, 1, -1, -1]),
+    (L.hinge, [0.3, 0.0, 1e-3, -0.2], [1.0, 1.0, -1.0, -1.0]),
+]
+
+
+@pytest.mark.parametrize("loss,pred,target", BINARY)
+@pytest.mark.parametrize("labels_shape", ["(N,)", "(N, 1)"])
+def test_accuracy_of_one_output_follows_the_loss(loss, pred, target, labels_shape):
+    pred = jnp.array(pred, jnp.float32)[:, None]  # (N, 1), one output
+    target = jnp.array(target)
+    if labels_shape == "(N, 1)":
+        target = target[:, None]
+    assert L.accuracy(pred, target, loss=loss) == 0.5
+    assert jax.jit(lambda p, t: L.accuracy(p, t, loss=loss))(pred, target) == 0.5
+
+
+def test_accuracy_of_several_binary_outputs_counts_each_decision():
+    logits = jnp.array([[1.0, -1.0, 3.0], [-1.0, -1.0, 2.0]])
+    targets = jnp.array([[1, 0, 0], [1, 0, 1]])  # right: 2 of 3, then 2 of 3
+    got = L.accuracy(logits, targets, loss=L.sigmoid_binary_cross_entropy)
+    assert got == pytest.approx(4 / 6)
+
+
+def test_accuracy_never_counts_a_nan_prediction_as_right():
+    # argmax([nan, 0]) is 0, the label: a diverged model used to score 1.0.
+    logits = jnp.array([[jnp.nan, 0.0], [1.0, 0.0]])
+    assert L.accuracy(logits, jnp.array([0, 0])) == 0.5
+    single = jnp.array([[jnp.nan], [1.0]])
+    assert (
+        L.accuracy(single, jnp.array([0, 1]), loss=L.sigmoid_binary_cross_entropy)
+        == 0.5
+    )
+
+
+@pytest.mark.parametrize("loss", [None, L.mse, L.l2_error])
+def test_accuracy_of_one_output_without_a_rule_raises(loss):
+    with pytest.raises(
+        ValueError, match=r"accuracy: .*\(4, 1\) have one output.*loss="
+    ):
+        L.accuracy(jnp.zeros((4, 1)), jnp.zeros((4, 1), jnp.int32), loss=loss)
+
+
+# (loss, pred, target, message fragment)
+BAD_ACCURACY = [
+    (
+        L.sigmoid_binary_cross_entropy,
+        [[1.0], [0.0]],
+        [2, 0],
+        "binary targets must lie in [0, 1]",
+    ),
+    (L.hinge, [[1.0], [0.0]], [1, 0], "hinge labels must be one of [-1, 1], got [0]"),
+    (
+        L.binary_cross_entropy,
+        [[1.5], [0.0]],
+        [1, 0],
+        "probabilities must lie in [0, 1]",
+    ),
+    (
+        L.sigmoid_binary_cross_entropy,
+        [[1.0], [0.0]],
+        [[1, 0]],
+        "targets of shape (1, 2)",
+    ),
+    (L.softmax_cross_entropy, [[1.0, 0.0]], [2], "labels must lie in [0, 2)"),
+    (L.softmax_cross_entropy, [[1.0], [0.0]], [0, 0], "one class"),
+]
+
+
+@pytest.mark.parametrize("loss,pred,target,fragment", BAD_ACCURACY)
+def test_accuracy_refuses_targets_that_do_not_fit_the_loss(
+    loss, pred, target, fragment
+):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        L.accuracy(jnp.array(pred), jnp.array(target), loss=loss)
+
+
+def test_decision_rules_and_when_an_accuracy_exists():
+    assert metrics.decision_of(L.sigmoid_binary_cross_entropy, (4, 1)) == "logit"
+    assert metrics.decision_of(L.binary_cross_entropy, (4, 1)) == "probability"
+    assert metrics.decision_of(L.hinge, (4,)) == "sign"
+    assert metrics.decision_of(L.cross_entropy, (4, 3)) == "argmax"
+    assert metrics.decision_of(L.mse, (4, 3)) == "argmax"
+    assert metrics.decision_of(None, (4, 1)) is None
+    assert metrics.has_accuracy(L.sigmoid_binary_cross_entropy, (4, 1), jnp.float32)
+    assert metrics.has_accuracy(L.mse, (4, 3), jnp.int32)
+    assert not metrics.has_accuracy(L.mse, (4, 3), jnp.float32)
+    assert not metrics.has_accuracy(L.mse, (4, 1), jnp.int32)
 
 
 def test_loss_records_call_and_read():
@@ -277,3 +462,69 @@ def test_loss_records_call_and_read():
     assert jax.tree.leaves(L.mse) == [L.mse]  # a record, not a pytree of functions
     assert repr(L.softmax_cross_entropy) == "fnn.losses.softmax_cross_entropy"
     assert L.l2_penalty({"w": pred}) == 5.0
+
+
+def test_check_targets_runs_the_loss_checks_without_computing():
+    labels = np.array([0, 9, 10])  # 10 is out of range for 10 classes
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        L.check_targets(L.softmax_cross_entropy, (3, 10), labels)
+    with pytest.raises(ValueError, match="target shape"):
+        L.check_targets(L.sigmoid_binary_cross_entropy, (3, 1), np.zeros(3))
+    with pytest.raises(ValueError, match="hinge: labels must be one of"):
+        L.check_targets(L.hinge, (3,), np.array([1.0, 0.0, -1.0]))
+    L.check_targets(L.softmax_cross_entropy, (3, 10), labels % 10)  # fine: no error
+    # A custom loss's own checks run too.
+    L.check_targets(lambda p, t: jnp.mean((p - t) ** 2), (3,), np.zeros(3))
+
+
+@pytest.mark.parametrize("loss", L.LOSSES, ids=repr)
+def test_an_empty_batch_raises_instead_of_a_nan_mean(loss):
+    shape = (0, 3)
+    target = np.zeros((0,), np.int32) if loss.decision == "argmax" else np.zeros(shape)
+    with pytest.raises(ValueError, match=f"^{loss.name}: expected predictions"):
+        loss(jnp.zeros(shape), target)
+    with pytest.raises(ValueError, match="^accuracy: expected predictions"):
+        L.accuracy(jnp.zeros(shape), target, loss=loss)
+
+
+NETWORK_PARAMS = (
+    {"w": np.array([[1.0, -2.0], [0.0, 3.0]]), "b": np.array([0.5, -0.5])},
+    (),
+    {"scale": np.array([2.0, -1.0]), "shift": np.array([1.0, 1.0])},
+    {"w": np.array([[[[-1.0]]]]), "b": np.array([4.0])},  # a 1x1 conv kernel
+)
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_penalty_is_l1_plus_half_l2_and_its_grad_is_autodiffs(weights_only):
+    r = L.penalty(l1=0.3, l2=0.5, weights_only=weights_only)
+    with jax.enable_x64(True):
+        params = jax.tree.map(jnp.asarray, NETWORK_PARAMS)
+        value, grad, autodiff = jax.jit(lambda p: (r(p), r.grad(p), jax.grad(r)(p)))(
+            params
+        )
+    kept = [
+        w for w in jax.tree.leaves(NETWORK_PARAMS) if w.ndim >= 2 or not weights_only
+    ]
+    by_hand = sum(0.3 * np.abs(w).sum() + 0.25 * (w**2).sum() for w in kept)
+    # weights only: kernels [[1,-2],[0,3]] and [-1]: 0.3 * 7 + 0.25 * 15 = 5.85
+    if weights_only:
+        assert by_hand == pytest.approx(5.85)
+    np.testing.assert_allclose(value, by_hand, rtol=1e-12)
+    jax.tree.map(np.testing.assert_array_equal, grad, autodiff)
+    if weights_only:  # biases and norm scales feel nothing
+        np.testing.assert_array_equal(grad[0]["b"], 0.0)
+        np.testing.assert_array_equal(grad[2]["scale"], 0.0)
+    np.testing.assert_allclose(
+        grad[0]["w"], 0.3 * np.sign([[1, -2], [1, 3]]) + 0.5 * NETWORK_PARAMS[0]["w"]
+    )
+
+
+def test_penalty_options_are_checked():
+    with pytest.raises(ValueError, match="penalty: l2 must be finite and >= 0"):
+        L.penalty(l2=-1e-4)
+    with pytest.raises(TypeError, match="penalty: l1 must be a real number"):
+        L.penalty(l1="0.1")
+    assert repr(L.penalty(l2=1e-4, weights_only=True)) == (
+        "fnn.losses.penalty(l1=0, l2=0.0001, weights_only=True)"
+    )

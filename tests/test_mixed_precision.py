@@ -52,17 +52,28 @@ def test_loss_scale_rescues_float16_gradients_from_underflow(method):
     assert float(scaled_loss) == float(loss16)  # the loss comes back unscaled
 
 
+def _scaled_step(via, model, opt, method):
+    """The float16 step, by ``make_step`` or straight from ``optim.gradient_step``."""
+    if via == "make_step":
+        return train.make_step(
+            model, losses.mse, opt, method=method, compute_dtype=jnp.float16
+        )
+    grad_fn = backprop.value_and_grad(
+        model, losses.mse, method, compute_dtype=jnp.float16
+    )
+    return jax.jit(optim.gradient_step(grad_fn, opt))
+
+
+@pytest.mark.parametrize("via", ["make_step", "gradient_step"])
 @pytest.mark.parametrize("method", ["autodiff", "manual"])
-def test_dynamic_scale_skips_overflowing_steps_then_grows(method):
+def test_dynamic_scale_skips_overflowing_steps_then_grows(method, via):
     model, params, state, x, y = linear_problem()
     # Plain SGD moves the parameters by ~1e-7 a step, so the residual, and
     # with it which scales overflow, stays put for the five steps.
     opt = optim.dynamic_loss_scale(
         optim.sgd(1.0), initial_scale=2.0**50, growth_interval=2, factor=2.0**10
     )
-    step = train.make_step(
-        model, losses.mse, opt, method=method, compute_dtype=jnp.float16
-    )
+    step = _scaled_step(via, model, opt, method)
     opt_state = opt.init(params)
     trail = []
     for _ in range(5):

@@ -7,7 +7,8 @@ parametrized tables in the other test files cover each option on purpose.
 
 import jax
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fnn import backprop
@@ -117,3 +118,56 @@ def test_property_tests_can_fail():
     _, params, state = bad.init(jax.random.key(0), (2,))
     x = np.ones((2, 2), np.float32)
     assert not backprop.check_layer(bad, params, state, x).ok
+
+
+@SETTINGS
+@given(
+    width_in=st.integers(1, 4),
+    width_out=st.integers(1, 4),
+    batch=st.integers(2, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_residual_with_a_projection_shortcut(width_in, width_out, batch, seed):
+    model = L.residual(
+        L.Dense(width_out), L.Tanh, shortcut=L.Dense(width_out, use_bias=False)
+    )
+    assert_checks(model, (width_in,), batch, seed)
+
+
+@SETTINGS
+@given(
+    built=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    used=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    norm=st.booleans(),
+)
+def test_params_for_other_sizes_never_give_an_answer(built, used, norm):
+    """Params of ``Dense(f)`` (and a norm) built for width ``d`` fit only
+    ``Dense(f)`` on width ``d``: every other pairing is a ShapeError."""
+    d, f = built
+    d2, f2 = used
+
+    def model(features):
+        tail = (L.BatchNorm(),) if norm else ()
+        return L.serial(L.Dense(features), *tail)
+
+    _, params, state = model(f).init(jax.random.key(0), (d,))
+    x = np.ones((2, d2), np.float32)
+    if (d, f) == (d2, f2):
+        model(f2).apply(params, state, x)
+    else:
+        with pytest.raises(L.ShapeError):
+            model(f2).apply(params, state, x)
+
+
+@SETTINGS
+@given(
+    features=st.integers(1, 64),
+    rate=st.floats(0.0, 0.99),
+    integer=st.sampled_from([np.int32, np.int64, np.uint8, int]),
+    real=st.sampled_from([np.float16, np.float32, np.float64, float]),
+)
+def test_numpy_scalar_options_build_the_same_layer(features, rate, integer, real):
+    rate = float(real(rate))
+    assume(rate < 1.0)  # float16 rounds 0.99... up to 1.0
+    assert L.Dense(integer(features)).name == L.Dense(features).name
+    assert L.Dropout(real(rate)).name == L.Dropout(rate).name

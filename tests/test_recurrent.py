@@ -9,7 +9,10 @@ import pytest
 
 from fnn import backprop
 from fnn.protocol import ShapeError
+from fnn import layers as L
+from fnn import losses
 from fnn.recurrent import GRU, LSTM, SimpleRNN
+from fnn.sequence import LastStep
 
 KEY = jax.random.key(0)
 N, D, H = 2, 3, 4
@@ -155,7 +158,7 @@ def test_forward_names_expected_and_actual_feature_size_under_jit(kind):
     _, params, state = layer.init(KEY, (5, D))
     with pytest.raises(
         ShapeError,
-        match=rf"{kind}\(4\): expected input \(T, 3\) per example, got \(5, 2\)",
+        match=rf"{kind}\(4\): expected input \(T, 3\).* got \(5, 2\)",
     ):
         jax.jit(lambda x: layer.apply(params, state, x))(jnp.ones((N, 5, 2)))
     with pytest.raises(ShapeError, match=rf"{kind}\(4\).*got \(3,\)"):
@@ -167,3 +170,82 @@ def test_non_positive_hidden_size_is_rejected(bad):
     for kind, make in LAYERS.items():
         with pytest.raises(ValueError, match=f"{kind}: hidden must be a positive int"):
             make(bad)
+
+
+def test_hidden_size_given_as_a_numpy_integer_is_accepted():
+    for kind, make in LAYERS.items():
+        layer = make(np.int64(H))
+        assert layer.name == f"{kind}({H})"
+        out_shape, params, _ = layer.init(KEY, (5, D))
+        assert out_shape == (5, H) and type(out_shape[1]) is int
+    with pytest.raises(ValueError, match="LSTM: hidden must be a positive int"):
+        LSTM(True)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_empty_sequence_gives_empty_output_and_zero_gradients(kind):
+    layer, out_shape, params, state, x = _setup(kind, 0)
+    assert out_shape == (0, H)
+    y, _, cache = jax.jit(layer.forward)(params, state, x)
+    assert y.shape == (N, 0, H)
+    dparams, dx = jax.jit(layer.backward)(params, cache, y)
+    assert dx.shape == (N, 0, D)
+    for g in jax.tree.leaves(dparams):
+        np.testing.assert_array_equal(g, 0.0)
+
+
+PARAMS_OF_ANOTHER_LAYER = [
+    (LSTM(4), LSTM(8), r"LSTM\(8\): params\['w_x'\] has shape \(3, 16\)"),
+    (SimpleRNN(4), GRU(4), r"GRU\(4\): params must be a dict with keys \['b', 'b_hn'"),
+    (GRU(4), SimpleRNN(4), r"SimpleRNN\(4\): params must be a dict with keys \['b',"),
+    (SimpleRNN(4), LSTM(1), r"LSTM\(1\): params\['w_h'\] has shape \(4, 4\)"),
+]
+
+
+@pytest.mark.parametrize(
+    "source, target, match",
+    PARAMS_OF_ANOTHER_LAYER,
+    ids=[f"{s.name}-into-{t.name}" for s, t, _ in PARAMS_OF_ANOTHER_LAYER],
+)
+def test_params_of_another_layer_are_refused_at_trace_time(source, target, match):
+    _, params, state = source.init(KEY, (5, D))
+    with pytest.raises(ShapeError, match=match):
+        jax.jit(lambda p, x: target.apply(p, state, x))(params, jnp.ones((N, 5, D)))
+
+
+# ---------------------------------------------------------------------------
+# LastStep
+
+
+def test_last_step_keeps_the_last_element_and_sends_the_gradient_there():
+    layer = LastStep()
+    out_shape, params, state = layer.init(KEY, (4, 3))
+    assert out_shape == (3,) and params == () and state == ()
+    x = _normal(1, (N, 4, 3))
+    y, _, cache = jax.jit(layer.forward)(params, state, x)
+    np.testing.assert_array_equal(y, x[:, -1])
+    dy = _normal(2, (N, 3))
+    _, dx = layer.backward(params, cache, dy)
+    np.testing.assert_array_equal(dx[:, -1], dy)
+    np.testing.assert_array_equal(dx[:, :-1], 0.0)
+    report = backprop.check_layer(layer, params, state, _normal(3, (N, 4, 2, 3)))
+    assert report.ok, str(report)
+
+
+def test_sequence_classifier_with_last_step_passes_backprop_check():
+    model = L.serial(LSTM(H), LastStep(), L.Dense(2))
+    _, params, state = model.init(KEY, (5, D))
+    params = jax.tree.map(lambda p: p + _normal(7, p.shape, 0.3), params)
+    x, y = _normal(8, (N, 5, D)), jnp.array([0, 1])
+    report = backprop.check(model, losses.softmax_cross_entropy, params, state, x, y)
+    assert report.ok, str(report)
+
+
+def test_last_step_of_an_empty_or_unsequenced_input_is_an_error():
+    layer = LastStep()
+    with pytest.raises(ShapeError, match=r"LastStep\(\): .*T >= 1, got \(0, 3\)"):
+        layer.init(KEY, (0, 3))
+    with pytest.raises(ShapeError, match=r"LastStep\(\): .*got \(\)"):
+        layer.init(KEY, ())
+    with pytest.raises(ShapeError, match=r"LastStep\(\): .*got \(0, 3\)"):
+        jax.jit(lambda x: layer.apply((), (), x))(jnp.ones((N, 0, 3)))

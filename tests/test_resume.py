@@ -16,7 +16,8 @@ def model():
 
 
 def problem():
-    x, y = data.spirals(96, classes=3)
+    (x, y), (xt, yt) = data.spirals(96, classes=3)
+    x, y = np.concatenate([x, xt]), np.concatenate([y, yt])
     net = model()
     _, params, state = net.init(jax.random.key(0), (2,))
     return net, params, state, jnp.asarray(x), jnp.asarray(y)
@@ -99,3 +100,26 @@ def test_fit_resume_is_bit_exact(tmp_path):
         (rest.params, rest.state, rest.opt_state),
     )
     assert full.history["train_loss"][2:] == rest.history["train_loss"]
+
+
+def _noise(key, xb):
+    """A tiny augmentation: Gaussian noise, a different draw per example."""
+    return xb + 0.1 * jax.random.normal(key, xb.shape, xb.dtype)
+
+
+def test_fit_resume_with_augmentation_is_bit_exact():
+    net, params, state, x, y = problem()
+    opt = optim.adam(1e-2)
+    kwargs = dict(key=3, batch_size=16, augment=_noise)
+    loss = losses.softmax_cross_entropy
+    full = train.fit(net, loss, opt, params, state, (x, y), epochs=3, **kwargs)
+    first = train.fit(net, loss, opt, params, state, (x, y), epochs=1, **kwargs)
+    rest = train.fit(net, loss, opt, first.params, first.state, (x, y), epochs=3,
+                     initial_epoch=1, opt_state=first.opt_state, **kwargs)  # fmt: skip
+    assert_bitwise_equal(
+        (full.params, full.state, full.opt_state),
+        (rest.params, rest.state, rest.opt_state),
+    )
+    plain = train.fit(net, loss, opt, params, state, (x, y), epochs=1, key=3,
+                      batch_size=16)  # fmt: skip
+    assert plain.history["train_loss"] != first.history["train_loss"]

@@ -5,6 +5,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fnn import data, losses, optim, train
@@ -26,8 +27,9 @@ def classifier():
 
 
 def spirals():
-    x, y = data.spirals(384, classes=3, noise=0.02)
-    return jnp.asarray(x), jnp.asarray(y)
+    """384 examples of 3 classes: the train and test parts together."""
+    (x, y), (xt, yt) = data.spirals(384, classes=3, noise=0.02)
+    return jnp.concatenate([x, xt]), jnp.concatenate([y, yt])
 
 
 class CountingLoss:
@@ -156,14 +158,6 @@ def test_scanned_and_looped_epochs_train_alike():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_convolutional_models_loop_on_cpu():
-    from fnn.conv import Conv
-
-    assert train._scan_by_default(classifier())
-    cnn = L.serial(L.residual(Conv(4, (3, 3))), L.Flatten(), L.Dense(2))
-    assert train._scan_by_default(cnn) == (jax.default_backend() != "cpu")
-
-
 def test_evaluate_matches_a_direct_computation():
     model = L.serial(L.Dense(3))
     x, y = spirals()
@@ -206,38 +200,6 @@ def test_early_stopping_returns_the_best_parameters():
         model, losses.softmax_cross_entropy, result.params, result.state, x, y_noise
     )
     assert final["loss"] == pytest.approx(history[best], rel=1e-5)
-
-
-@pytest.mark.parametrize("scan", [True, False])
-def test_fit_stops_on_a_non_finite_loss_keeping_the_last_finite_parameters(scan):
-    model = L.serial(L.Dense(1, kernel_init=jax.nn.initializers.ones))
-    x = jnp.ones((64, 4))
-    y = jnp.zeros((64, 1))
-    _, params, state = model.init(KEY, (4,))
-    # Plain gradient descent with a huge rate diverges geometrically to inf.
-    result = train.fit(
-        model,
-        losses.mse,
-        optim.sgd(1e3),
-        params,
-        state,
-        (x, y),
-        key=KEY,
-        epochs=3,
-        batch_size=16,
-        scan=scan,
-    )
-    match = re.search(r"non-finite loss \S+ at epoch (\d+), step (\d+)", result.stopped)
-    assert match, result.stopped
-    epoch, step = map(int, match.groups())
-    assert len(result.history["train_loss"]) == epoch - 1  # finished epochs only
-    assert all(
-        bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(result.params)
-    )
-    # Every batch is the same here, so the returned (finite) parameters are the
-    # ones on which the failing step saw its non-finite loss.
-    pred, _ = model.apply(result.params, result.state, x)
-    assert not np.isfinite(float(losses.mse(pred, y)))
 
 
 def test_fit_rejects_mismatched_data_and_bad_batch_size():
@@ -301,3 +263,542 @@ def test_bfloat16_compute_keeps_float32_master_weights(method):
     )
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(result.params))
     assert result.history["train_loss"][-1] < 0.6 * result.history["train_loss"][0]
+
+
+# --------------------------------------------------------------------------
+# Non-finite losses: roll back to parameters whose own loss was finite
+
+
+def _diverging(rate, scan=True, epochs=3):
+    model = L.serial(L.Dense(1, kernel_init=jax.nn.initializers.ones))
+    x, y = jnp.ones((64, 4)), jnp.zeros((64, 1))
+    _, params, state = model.init(KEY, (4,))
+    # optax's own sgd: fnn.optim.sgd refuses a NaN rate when built.
+    result = train.fit(model, losses.mse, optax.sgd(rate), params, state, (x, y),
+                       key=KEY, epochs=epochs, batch_size=16, scan=scan)  # fmt: skip
+    return model, params, state, (x, y), result
+
+
+def _point(stopped):
+    """``(epoch, step)`` of the point a rollback message names."""
+    m = re.search(r"after epoch (\d+), step (\d+)", stopped)
+    if m:
+        return tuple(map(int, m.groups()))
+    m = re.search(r"at the start of epoch (\d+)", stopped)
+    assert m, stopped
+    return int(m.group(1)), 0
+
+
+def _finite(tree):
+    return all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize(
+    "rate, scan", [(1e3, True), (1e3, False), (float("nan"), True), (1e30, True)]
+)
+def test_fit_rolls_back_to_the_last_parameters_with_a_finite_loss(rate, scan):
+    model, params, state, (x, y), result = _diverging(rate, scan)
+    m = re.search(r"non-finite loss \S+ at epoch (\d+), step (\d+)", result.stopped)
+    assert m, result.stopped
+    epoch, step = map(int, m.groups())
+    assert len(result.history["train_loss"]) == epoch - 1  # finished epochs only
+    assert _finite((result.params, result.state, result.opt_state))
+    pred, _ = model.apply(result.params, result.state, x)
+    assert np.isfinite(float(losses.mse(pred, y)))  # every batch is x, y here
+    # The point named is the one after step k - 2, replayed by hand.
+    e, s = _point(result.stopped)
+    assert (e - 1) * 4 + s == (epoch - 1) * 4 + step - 2 or (rate != rate and s == 0)
+    p = jax.tree.map(jnp.copy, params)
+    for _ in range((e - 1) * 4 + s):
+        p = jax.tree.map(lambda w, g: w - rate * g, p,
+                         jax.grad(lambda q: losses.mse(model.apply(q, state, x[:16])[0],
+                                                       y[:16]))(p))  # fmt: skip
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(result.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_fit_returns_the_start_when_its_first_loss_is_not_finite():
+    model = L.serial(L.Dense(1))
+    _, params, state = model.init(KEY, (2,))
+    x = jnp.full((8, 2), jnp.inf)
+    y = jnp.zeros((8, 1))
+    result = train.fit(model, losses.mse, optim.sgd(0.1), params, state, (x, y),
+                       key=KEY, epochs=2, batch_size=4)  # fmt: skip
+    assert "fit started from already give a non-finite loss" in result.stopped
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(result.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rollback_picks_the_point_before_the_last_finite_loss():
+    from fnn._epoch import Segment, rollback
+
+    # The carry counts steps; its parameters turn NaN at count 6.
+    def rerun(carry, count):
+        total = carry[0] + count
+        return total, jnp.where(total >= 6, jnp.nan, total), ()
+
+    def at(count):
+        return jnp.float32(count), jnp.float32(count), ()
+
+    nan = np.nan
+    epoch1 = Segment(at(0), 1, 0, np.array([0.0, 1, 2, 3]), rerun)
+
+    def back(losses2, first=False):
+        segments = [Segment(at(0), 1, 0, np.array(losses2), rerun)] if first else [
+            epoch1, Segment(at(4), 2, 0, np.array(losses2), rerun)]  # fmt: skip
+        carry, point = rollback(segments)
+        return int(carry[0]), point
+
+    # Step k's loss comes from the carry after step k - 1: go back to k - 2.
+    assert back([4, 5, nan, nan]) == (5, (2, 1, 5.0))
+    assert back([4, nan]) == (4, (2, 0, 4.0))  # the start of epoch 2
+    assert back([nan]) == (3, (1, 3, 3.0))  # back into epoch 1
+    assert back([nan], first=True) == (0, None)  # nothing before the start
+    assert back([0, nan], first=True) == (0, (1, 0, 0.0))
+    # The candidate after 6 steps has NaN parameters: one step further back.
+    assert back([4, 5, 6, nan]) == (5, (2, 1, 5.0))
+
+
+# --------------------------------------------------------------------------
+# patience: the best epoch's parameters, state and optimizer state together
+
+
+def _bn_problem():
+    model = L.serial(L.Dense(16, use_bias=False), L.BatchNorm(), L.Relu, L.Dense(3))
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    return model, params, state, x[:256], y[:256]
+
+
+def test_patience_and_divergence_return_one_consistent_epoch():
+    model, params, state, x, y = _bn_problem()
+    n = 4  # steps per epoch
+    rate = lambda count: jnp.where(count < 3 * n, 0.05, jnp.nan)  # noqa: E731
+    kwargs = dict(key=KEY, batch_size=64, validation_data=(x, y))
+    loss = losses.softmax_cross_entropy
+    result = train.fit(model, loss, optim.sgd(rate), params, state, (x, y),
+                       epochs=6, patience=10, **kwargs)  # fmt: skip
+    assert "non-finite loss" in result.stopped and "at epoch 4" in result.stopped
+    best = int(np.argmin(result.history["val_loss"])) + 1
+    assert f"of epoch {best}, the best" in result.stopped
+    again = train.fit(model, losses.softmax_cross_entropy, optim.sgd(rate),
+                      params, state, (x, y), epochs=best, **kwargs)  # fmt: skip
+    for a, b in zip(jax.tree.leaves(result[:3]), jax.tree.leaves(again[:3])):
+        np.testing.assert_array_equal(a, b)  # params, state, opt_state
+
+
+# --------------------------------------------------------------------------
+# Bad input, caught on the host before anything compiles
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_fit_and_evaluate_reject_labels_out_of_range(bad):
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = jnp.ones((8, 2)), jnp.zeros(8, jnp.int32).at[5].set(bad)
+    msg = r"class indices in \[0, 3\) for a model with 3 outputs"
+    with pytest.raises(ValueError, match=msg):
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
+                  state, (x, y), key=KEY, epochs=1, batch_size=4)  # fmt: skip
+    with pytest.raises(ValueError, match=msg):
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
+                  state, (x, y.at[5].set(0)), key=KEY, epochs=1, batch_size=4,
+                  validation_data=(x, y))  # fmt: skip
+    with pytest.raises(ValueError, match=msg):
+        train.evaluate(model, losses.softmax_cross_entropy, params, state, x, y)
+
+
+def test_fit_rejects_bad_arguments_clearly():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    data = (jnp.ones((10, 2)), jnp.zeros(10, jnp.int32))
+
+    def fit(**kwargs):
+        kwargs = {"key": KEY, "epochs": 1, "batch_size": 5, **kwargs}
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
+                  state, data, **kwargs)  # fmt: skip
+
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        fit(batch_size=0)
+    with pytest.raises(TypeError, match=r"batch_size must be an int, got 32.0"):
+        fit(batch_size=32.0)
+    with pytest.raises(TypeError, match="batch_size must be an int, got True"):
+        fit(batch_size=True)
+    msg = r"key must be a PRNG key such as jax.random.key\(0\), or an int seed"
+    with pytest.raises(TypeError, match=msg):
+        fit(key="0")
+    with pytest.raises(ValueError, match="initial_epoch=3 >= epochs=3.*pass "
+                                         "epochs=6, initial_epoch=3"):  # fmt: skip
+        fit(epochs=3, initial_epoch=3)
+    with pytest.raises(TypeError, match="patience must be an int"):
+        fit(patience=2.5)
+
+
+def test_fit_takes_an_int_seed_as_its_key():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = spirals()
+    runs = [train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
+                      state, (x, y), key=k, epochs=1, batch_size=128)
+            for k in (7, jax.random.key(7))]  # fmt: skip
+    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_refuses_empty_data_and_takes_lists():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    loss = losses.softmax_cross_entropy
+    with pytest.raises(ValueError, match="evaluate: data has no examples"):
+        train.evaluate(model, loss, params, state, jnp.ones((0, 2)),
+                       jnp.zeros(0, jnp.int32))  # fmt: skip
+    with pytest.raises(TypeError, match="evaluate: batch_size must be an int"):
+        train.evaluate(model, loss, params, state, jnp.ones((4, 2)),
+                       jnp.zeros(4, jnp.int32), batch_size=2.0)  # fmt: skip
+    x, y = [[0.5, -1.0], [2.0, 1.0], [0.0, 3.0]], [0, 2, 1]
+    as_lists = train.evaluate(model, loss, params, state, x, y)
+    as_arrays = train.evaluate(model, loss, params, state, jnp.array(x), jnp.array(y))
+    assert as_lists == as_arrays
+
+
+# --------------------------------------------------------------------------
+# Accuracy follows the loss
+
+
+@pytest.mark.parametrize(
+    "loss, head, labels",
+    [
+        (losses.sigmoid_binary_cross_entropy, (), [1, 1, 0, 0]),
+        (losses.binary_cross_entropy, (L.Sigmoid,), [1, 1, 0, 0]),
+        (losses.hinge, (), [1, 1, -1, -1]),
+    ],
+)
+@pytest.mark.parametrize("column", [False, True])
+def test_binary_accuracy_follows_the_loss(loss, head, labels, column):
+    # One output, right on examples 0 and 3 only: accuracy 0.5 (was 1.0).
+    model = L.serial(L.Dense(1), *head)
+    _, params, state = model.init(KEY, (1,))
+    params = jax.tree.map(jnp.ones_like, params)
+    params = [{**params[0], "b": jnp.zeros(1)}, *params[1:]]
+    x = jnp.array([[1.0], [-3.0], [2.0], [-2.0]])
+    y = jnp.array(labels, jnp.float32)
+    y = y[:, None] if column else y
+    metrics = train.evaluate(model, loss, params, state, x, y)
+    assert metrics["accuracy"] == 0.5
+
+
+# --------------------------------------------------------------------------
+# Each epoch draws its own shuffle and dropout keys
+
+
+def _probe(seen):
+    """A layer that records each training batch and a draw from its key."""
+
+    def init(key, input_shape):
+        return input_shape, (), ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        if train:
+            jax.debug.callback(lambda a, u: seen.append((a.sum(), float(u))),
+                               x[:, 0], jax.random.uniform(key))  # fmt: skip
+        return x, state, ()
+
+    def backward(params, cache, dy):
+        return (), dy
+
+    return L.Layer(init, forward, backward, name="probe")
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_every_epoch_draws_a_new_shuffle_and_new_keys(scan):
+    seen = []
+    model = L.serial(_probe(seen), L.Dense(3))
+    x, y = spirals()
+    x = x + jnp.arange(len(x), dtype=x.dtype)[:, None]  # each row its own sum
+    _, params, state = model.init(KEY, (2,))
+    train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.0), params, state,
+              (x, y), key=KEY, epochs=2, batch_size=64, scan=scan)  # fmt: skip
+    jax.effects_barrier()
+    steps = len(x) // 64
+    assert len(seen) == 2 * steps
+    first, second = seen[:steps], seen[steps:]
+    assert {round(float(s), 3) for s, _ in first}.isdisjoint(
+        {round(float(s), 3) for s, _ in second})  # other batches
+    assert {u for _, u in first}.isdisjoint({u for _, u in second})  # other keys
+
+
+# --------------------------------------------------------------------------
+# The scan-or-loop choice follows the layers' scans_well
+
+
+def _compiled(fit, caplog):
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        fit()
+    return set(re.findall(r"Compiling (jit\(\w+\))", caplog.text))
+
+
+@pytest.mark.parametrize("scans_well", [True, False])
+def test_default_epoch_form_follows_scans_well(scans_well, caplog):
+    layer = L.Dense(3)._replace(scans_well=scans_well)
+    model = L.serial(L.Dense(4), L.serial(layer))
+    _, params, state = model.init(KEY, (2,))
+    x, y = spirals()
+
+    def fit(scan):
+        return lambda: train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1),
+                                 params, state, (x[:64], y[:64]), key=KEY, epochs=1,
+                                 batch_size=32, scan=scan)  # fmt: skip
+
+    default = _compiled(fit(None), caplog)
+    loops = scans_well is False and jax.default_backend() == "cpu"
+    same, other = (fit(False), fit(True)) if loops else (fit(True), fit(False))
+    assert _compiled(same, caplog) <= default
+    assert not _compiled(other, caplog) <= default
+
+
+# --------------------------------------------------------------------------
+# Optimizers with extra arguments, regularizers, augmentation
+
+
+def test_reduce_on_plateau_gets_the_loss_inside_fit():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = spirals()
+    # Asking the loss to fall below (1 - rtol) * best = 0, every step is a plateau.
+    opt = optax.chain(optim.sgd(0.1), optax.contrib.reduce_on_plateau(
+        factor=0.5, patience=1, rtol=1.0, accumulation_size=1))  # fmt: skip
+    result = train.fit(model, losses.softmax_cross_entropy, opt, params, state,
+                       (x, y), key=KEY, epochs=1, batch_size=64)  # fmt: skip
+    assert float(result.opt_state[1].scale) < 0.5
+
+
+def test_augment_touches_training_batches_only():
+    traced, calls = [], []
+
+    def aug(key, xb):
+        traced.append(xb.shape)
+        return xb + 0.1 * jax.random.normal(key, xb.shape, xb.dtype)
+
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = spirals()
+    kwargs = dict(key=KEY, epochs=2, batch_size=64, validation_data=(x[:50], y[:50]))
+    plain, augmented = (
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
+                  (x, y), augment=a, **kwargs)
+        for a in (None, aug)
+    )  # fmt: skip
+    assert traced == [(64, 2)]  # once, in the compiled epoch, on training batches
+    assert plain.history["train_loss"][0] != augmented.history["train_loss"][0]
+    val = train.evaluate(model, losses.softmax_cross_entropy, augmented.params,
+                         augmented.state, x[:50], y[:50])  # fmt: skip
+    assert val["loss"] == pytest.approx(augmented.history["val_loss"][-1], rel=1e-6)
+    del calls
+
+
+# --------------------------------------------------------------------------
+# The display: fits the width, one line per epoch, no duplicates
+
+
+def test_bar_lines_fit_every_width():
+    from fnn.progress import bar_line
+
+    for width in (20, 40, 79, 80, 120, 200):
+        for done in (0, 7, 20):
+            line = bar_line(12, 100, done, 20, width, rate=1234.5, loss=0.123456)
+            assert len(line) <= width - 1, (width, line)
+            assert line.startswith(f"epoch 12/100 {done}/20")
+    assert bar_line(1, 2, 5, 20, 80, rate=2.0) == (
+        "epoch 1/2 5/20 [=======.......................] 2.0 steps/s ETA 0:08")
+    assert bar_line(1, 2, 5, None, 80, rate=0.5) == "epoch 1/2 5 2.00 s/step"
+
+
+def test_an_epoch_in_parts_equals_the_epoch_in_one_call():
+    # What a live bar runs (parts) is bit for bit what a pipe runs (one call).
+    from fnn import _epoch
+
+    model, params, state, x, y = _bn_problem()
+    opt = optim.adam(1e-2)
+    source = _epoch.InMemory(x, y, KEY, 32, train._step_fn(
+        model, losses.softmax_cross_entropy, opt, "autodiff"), True, None)  # fmt: skip
+    carry = (params, state, opt.init(params))
+    whole, losses_ = source.run(carry, *source.inputs(1), 0, 8)
+    parts = carry
+    for start, stop in ((0, 3), (3, 4), (4, 8)):
+        parts, _ = source.run(parts, *source.inputs(1), start, stop)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
+        np.testing.assert_array_equal(a, b)
+    assert len(losses_) == 8
+
+
+def test_early_stopping_record():
+    from fnn.early_stopping import EarlyStopping
+
+    s = EarlyStopping(patience=2, min_delta=0.1)
+    seen = []
+    for epoch, metric in enumerate([1.0, 0.95, 0.5, float("nan"), 0.45, 0.44], 1):
+        s = s.update(metric, epoch)
+        seen.append((s.has_improved, s.should_stop))
+    assert seen == [(True, False), (False, False), (True, False), (False, False),
+                    (False, True), (False, True)]  # fmt: skip
+    assert (s.best_metric, s.best_epoch) == (0.5, 3)
+
+
+def test_off_a_terminal_one_line_per_epoch(capsys):
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = spirals()
+
+    def fit(**kwargs):
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
+                  state, (x, y), key=KEY, epochs=2, batch_size=128,
+                  **kwargs)  # fmt: skip
+        return capsys.readouterr()
+
+    out = fit(progress=True)
+    assert out.out == "" and "\r" not in out.err
+    assert re.findall(r"(?m)^epoch +(\d+)  train loss", out.err) == ["1", "2"]
+    out = fit(progress=True, verbose=True)  # the same lines, once, on stdout
+    assert out.err == ""
+    assert re.findall(r"(?m)^epoch +(\d+)  train loss", out.out) == ["1", "2"]
+    assert fit() == ("", "")
+
+
+PTY_SCRIPT = """
+import jax, jax.numpy as jnp
+from fnn import data, losses, optim, train
+from fnn import layers as L
+(x, y), _ = data.spirals(800, classes=3)  # 640 to train on
+model = L.serial(L.Dense(8), L.Relu, L.Dense(3))
+_, params, state = model.init(jax.random.key(0), (2,))
+train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params, state,
+          (x, y), key=0, epochs=2, batch_size=32, validation_data=(x, y),
+          verbose=VERBOSE)
+"""
+
+
+def _screen(raw: str) -> tuple[list[str], list[str]]:
+    """What an 80-column terminal shows, and every redraw written."""
+    raw = raw.replace("\r\n", "\n")
+    lines, redraws = [], []
+    for line in raw.split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            redraws.append(part)
+            shown = part + shown[len(part):]
+        lines.append(shown.rstrip())
+    return lines, redraws
+
+
+@pytest.mark.parametrize("verbose", [True, False])
+def test_progress_under_an_80_column_terminal(verbose):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PTY_SCRIPT.replace("VERBOSE", str(verbose))],
+        stdin=slave, stdout=slave, stderr=slave, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode()
+    raw = b"".join(chunks).decode()
+    lines, redraws = _screen(raw)
+    assert max(map(len, redraws)) <= 80, max(redraws, key=len)
+    for epoch in ("1", "2"):
+        shown = [s for s in lines if re.match(rf"epoch +{epoch}  train loss", s)]
+        assert len(shown) == 1, lines
+    assert "compiling" in raw  # said while the first epoch compiled
+    assert re.search(r"epoch 1/2 ([1-9]|1[0-9])/20 \[", raw)  # advanced mid-epoch
+    assert re.search(r"epoch 2/2 \d+/20 \[=*\.*\] .*steps/s ETA", raw)
+
+
+def test_regularizer_trains_alike_by_both_methods():
+    model = L.serial(L.Dense(8), L.Tanh, L.Dense(3))
+    x, y = spirals()
+    _, params, state = model.init(KEY, (2,))
+    reg = losses.penalty(l2=0.05)
+    loss = losses.softmax_cross_entropy
+    runs = [train.fit(model, loss, optim.sgd(0.1), params, state, (x, y), key=KEY,
+                      epochs=2, batch_size=64, method=m, regularizer=r)
+            for m, r in (("autodiff", reg), ("manual", reg), ("autodiff", None))]
+    autodiff, manual, plain = (jax.tree.leaves(r.params) for r in runs)
+    for a, b in zip(autodiff, manual):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(autodiff, plain))
+    # make_step's loss is the data loss plus the penalty, before the update.
+    step = train.make_step(model, loss, optim.sgd(0.1), method="manual",
+                           regularizer=reg)  # fmt: skip
+    p, s = jax.tree.map(jnp.copy, (params, state))
+    expected = float(loss(model.apply(p, s, x[:64])[0], y[:64]) + reg(p))
+    *_, value = step(p, s, optim.sgd(0.1).init(p), x[:64], y[:64], KEY)
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Streams of batches
+
+
+def test_a_stream_trains_exactly_as_arrays_do():
+    from fnn._epoch import shuffled_batches
+
+    model, params, state, x, y = _bn_problem()
+    model = L.serial(model, L.Dropout(0.2))
+    _, params, state = model.init(KEY, (2,))
+    seed = np.asarray(jax.random.key_data(KEY)).ravel().tolist()
+    xs, ys = np.asarray(x), np.asarray(y)
+
+    def stream(epoch):  # fit's own order, read from host arrays
+        for idx in shuffled_batches(seed, epoch, len(xs), 64, len(xs) // 64):
+            yield xs[idx], ys[idx]
+
+    loss, opt = losses.softmax_cross_entropy, optim.adam(1e-2)
+    arrays = train.fit(model, loss, opt, params, state, (x, y), key=KEY, epochs=2,
+                       batch_size=64, scan=False)  # fmt: skip
+    streamed = train.fit(model, loss, opt, params, state, stream, key=KEY, epochs=2)
+    assert arrays.history["train_loss"] == streamed.history["train_loss"]
+    for a, b in zip(jax.tree.leaves(arrays[:3]), jax.tree.leaves(streamed[:3])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stream_is_checked_and_rolled_back_like_arrays():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    xb = np.ones((4, 2), np.float32)
+    bad = [(xb, np.array([0, 1, 2, 3]))]
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
+                  bad, key=KEY, epochs=1)  # fmt: skip
+    once = ((xb, np.zeros(4, np.int32)) for _ in range(3))
+    with pytest.raises(ValueError, match="yielded no batches in epoch 2"):
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
+                  once, key=KEY, epochs=2)  # fmt: skip
+    # Divergence inside a stream: the same rollback as for arrays.
+    model = L.serial(L.Dense(1, kernel_init=jax.nn.initializers.ones))
+    _, params, state = model.init(KEY, (4,))
+    x, y = np.ones((16, 4), np.float32), np.zeros((16, 1), np.float32)
+    result = train.fit(model, losses.mse, optax.sgd(1e3), params, state,
+                       [(x, y)] * 40, key=KEY, epochs=2)  # fmt: skip
+    assert "non-finite loss" in result.stopped
+    pred, _ = model.apply(result.params, result.state, x)
+    assert _finite(result.params) and np.isfinite(float(losses.mse(pred, y)))

@@ -8,6 +8,8 @@ jitted call comes from one XLA execution, so they are ready together).
 
 A builder raises :class:`Unavailable` when its library cannot be imported
 or cannot build the workload; the runner prints the reason and goes on.
+``run.py`` builds and times each contender module's steps in a process of
+its own (``benchmarks/worker.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CONTENDERS = {
     "equinox": ("equinox_steps", "filter_jit", "peer"),
     "torch": ("torch_steps", "eager", "peer"),
     "torch-1thread": ("torch_steps", "eager_1thread", "peer"),
+    "torch-channels-last": ("torch_steps", "eager_channels_last", "peer"),
 }
 
 # What each contender is, for the legend under the table.
@@ -51,9 +54,12 @@ DESCRIPTIONS = {
     "inside (functional loop), donated state",
     "equinox": "equinox modules (vmapped per example), eqx.filter_jit step "
     "with donation, optax.adam",
-    "torch": "PyTorch eager, torch.optim.Adam, set_num_threads(cores)",
+    "torch": "PyTorch eager, torch.optim.Adam, set_num_threads(cores); "
+    "images NCHW-contiguous",
     "torch-1thread": "as torch, set_num_threads(1) (see torch_steps.py: OpenMP "
     "barriers on a busy machine)",
+    "torch-channels-last": "as torch, model and images in "
+    "torch.channels_last memory format (oneDNN's fast CPU path; cnn only)",
 }
 
 

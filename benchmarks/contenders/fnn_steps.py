@@ -7,19 +7,16 @@ import jax
 import fnn.optim
 import fnn.train
 from benchmarks import workloads as wl
-from benchmarks.contenders import Unavailable
 from benchmarks.contenders.common import device_batch, key_cycle, needs_key
 from fnn import layers as nn
 from fnn import losses
+from fnn.conv import Conv
+from fnn.pool import MaxPool
 
 
 def model(workload):
     """The workload's network as an fnn ``serial`` layer."""
     if workload.kind == "cnn":
-        try:
-            from fnn.conv import Conv, MaxPool
-        except Exception as e:  # being written in parallel: skip, do not fail
-            raise Unavailable(f"fnn.conv not usable: {type(e).__name__}: {e}") from None
         return nn.serial(
             Conv(32, (3, 3)),
             nn.Relu,

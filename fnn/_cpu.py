@@ -1,0 +1,131 @@
+"""Convolution and max pooling from shifted slices and matmuls (private).
+
+XLA's CPU backend runs a convolution's forward and weight gradient, and a
+max pool's gradient (``select_and_scatter``), far below matmul speed; these
+formulations compute the same values with strided slices and matmuls, and
+:mod:`fnn._backend` picks them on CPU. The timings that chose each one,
+and the variants tried and dropped, are in ``benchmarks/README.md``
+("Convolutions at matrix-multiply speed").
+
+Shapes: ``x`` is ``(N, *spatial, C)``, a kernel ``w`` is ``(*window, C, F)``,
+``dy`` is ``(N, *out, F)``; ``patches`` is the im2col of ``x_pad``,
+``(N, *out, |K| C)``, channel ``k C + c`` holding ``x_pad[n, o*s + k, c]``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from fnn import _native
+from fnn._windows import max_winner, offsets, out_spatial, pad_spatial, shifted
+
+# Up to this many input channels the forward is a sum of per-offset matmuls
+# (broadcast products for C = 1, fused by XLA into one loop); above it, one
+# ``patches @ w`` matmul.
+OFFSET_SUM_MAX_CHANNELS = 1
+
+
+def patches(x, window, strides, pads, out):
+    """im2col: ``(N, *spatial, C) -> (N, *out, |K| C)``; the shifted slices
+    of ``x_pad``, concatenated."""
+    xp = pad_spatial(x, pads, 0.0)
+    return jnp.concatenate([shifted(xp, k, strides, out) for k in offsets(window)], -1)
+
+
+def _conv_by_offsets(x, w, strides, pads):
+    """``sum_k x_pad[o*s + k] @ w[k]``: one ``(C, F)`` matmul per offset."""
+    window = w.shape[:-2]
+    out = out_spatial(x.shape[1:-1], window, strides, pads)
+    xp = pad_spatial(x, pads, 0.0)
+    return sum(jnp.dot(shifted(xp, k, strides, out), w[k]) for k in offsets(window))
+
+
+def _conv_by_patches(x, w, strides, pads):
+    """``patches @ w`` with ``w`` flattened to ``(|K| C, F)``: one matmul."""
+    window = w.shape[:-2]
+    out = out_spatial(x.shape[1:-1], window, strides, pads)
+    return jnp.dot(patches(x, window, strides, pads, out), w.reshape(-1, w.shape[-1]))
+
+
+def _patches_times(x, w, strides, pads):
+    """``patches(x) @ w`` written as ``(w^T @ patches^T)^T``: the same
+    product, but JAX transposes it (w.r.t. ``w``) to ``patches^T @ dy`` read
+    in place, where the plain ``patches @ w`` made XLA copy ``dy``
+    transposed first."""
+    window = w.shape[:-2]
+    out = out_spatial(x.shape[1:-1], window, strides, pads)
+    p = patches(x, window, strides, pads, out)
+    p2 = p.reshape(-1, p.shape[-1])
+    w2 = w.reshape(-1, w.shape[-1])
+    return (w2.T @ p2.T).T.reshape(*p.shape[:-1], w.shape[-1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def conv(x, w, strides, pads):
+    """The convolution, ``(N, *spatial, C) -> (N, *out, F)``: per-offset
+    products up to ``OFFSET_SUM_MAX_CHANNELS`` input channels,
+    ``patches @ w`` above.
+
+    Its JVP is the product rule of a bilinear map, ``conv(dx, w) +
+    conv(x, dw)``, with each term written in the formulation whose
+    *transpose* is fast on CPU, because ``jax.grad`` (``method="autodiff"``)
+    gets its backward by transposing this JVP:
+
+    - ``conv(dx, w)`` as XLA's convolution, which transposes to XLA's
+      transposed convolution for ``dx`` (the op the manual backward uses);
+    - ``conv(x, dw)`` as ``patches(x) @ dw``, which transposes to one
+      matmul, ``patches^T @ dy``.
+
+    Nothing here is a hand-written backward: JAX still transposes the JVP
+    itself, and ``backprop.check`` compares the result with ``Conv``'s
+    manual backward and with float64 finite differences.
+    """
+    if x.shape[-1] <= OFFSET_SUM_MAX_CHANNELS:
+        return _conv_by_offsets(x, w, strides, pads)
+    return _conv_by_patches(x, w, strides, pads)
+
+
+@functools.partial(conv.defjvp, symbolic_zeros=True)
+def _conv_jvp(strides, pads, primals, tangents):
+    x, w = primals
+    dx, dw = tangents
+    y = conv(x, w, strides, pads)
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_native.conv(dx, w, strides, pads))
+    if not isinstance(dw, SymbolicZero):
+        terms.append(_patches_times(x, dw, strides, pads))
+    if not terms:
+        return y, jnp.zeros_like(y)
+    return y, sum(terms[1:], terms[0])
+
+
+def conv_weight_grad(x, dy, window, strides, pads):
+    """``dw[k, c, f] = sum_{n, o} x_pad[n, o*s + k, c] dy[n, o, f]`` as one
+    matmul, ``patches^T (|K| C, M) @ dy (M, F)`` with ``M = N prod(out)``;
+    returns ``(*window, C, F)``."""
+    p = patches(x, window, strides, pads, dy.shape[1:-1])
+    dw = p.reshape(-1, p.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+    return dw.reshape(*window, x.shape[-1], dy.shape[-1])
+
+
+def max_pool(x, window, strides, pads):
+    """The max pool as ``sum_k where(winner == k, view_k, 0)``.
+
+    Its autodiff is then the first-maximum rule, one select per view
+    (``where(winner == k, dy, 0)``) padded back into place: the manual
+    backward's own formula (``fnn.pool``), where ``reduce_window``'s
+    gradient is XLA:CPU's slow ``select_and_scatter``. Exact for every
+    dtype: the padding is the dtype's lowest value, and a bool pool runs on
+    ``uint8`` (a sum of bools would count).
+    """
+    if x.dtype == jnp.bool_:
+        return max_pool(x.astype(jnp.uint8), window, strides, pads).astype(jnp.bool_)
+    out = out_spatial(x.shape[1:-1], window, strides, pads)
+    _, views, winner = max_winner(x, window, strides, pads, out)
+    zero = jnp.zeros_like(views[0])
+    return sum(jnp.where(winner == i, v, zero) for i, v in enumerate(views))

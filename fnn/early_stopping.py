@@ -1,0 +1,79 @@
+"""Early stopping as a value: the best metric so far and the epochs since.
+
+Modelled on flax's ``flax/training/early_stopping.py``: an immutable record
+whose :meth:`EarlyStopping.update` returns the next record, so the policy is
+a pure function of the metrics seen, testable alone::
+
+    stop = EarlyStopping(patience=3)
+    for epoch, loss in enumerate(val_losses, 1):
+        stop = stop.update(loss, epoch)
+        if stop.has_improved:
+            best = params        # keep what goes with stop.best_epoch
+        if stop.should_stop:
+            break
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when a metric to minimise has not improved for ``patience`` epochs.
+
+    Attributes:
+      patience: epochs without improvement after which ``should_stop`` is set.
+      min_delta: an improvement must lower the metric by more than this.
+      best_metric: the lowest metric so far (``inf`` before any).
+      best_epoch: the epoch that reached it (``None`` before any).
+      patience_count: epochs since the last improvement.
+      should_stop: whether ``patience_count`` has reached ``patience``.
+      has_improved: whether the last ``update`` improved on the best.
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    best_metric: float = math.inf
+    best_epoch: int | None = None
+    patience_count: int = 0
+    should_stop: bool = False
+    has_improved: bool = False
+
+    def update(self, metric: float, epoch: int) -> EarlyStopping:
+        """The record after seeing ``metric`` at ``epoch``.
+
+        A non-finite (NaN) metric never counts as an improvement.
+
+        Example:
+          >>> s = EarlyStopping(patience=2)
+          >>> for e, m in enumerate([3.0, 2.0, 2.5, 2.1], 1):
+          ...     s = s.update(m, e)
+          >>> s.best_metric, s.best_epoch, s.should_stop
+          (2.0, 2, True)
+        """
+        if metric < self.best_metric - self.min_delta:
+            return dataclasses.replace(
+                self, best_metric=metric, best_epoch=epoch, patience_count=0,
+                should_stop=False, has_improved=True,
+            )  # fmt: skip
+        count = self.patience_count + 1
+        return dataclasses.replace(
+            self, patience_count=count, should_stop=count >= self.patience,
+            has_improved=False,
+        )  # fmt: skip
+
+    def message(self, epoch: int) -> str:
+        """Why training stopped at ``epoch``, and which epoch is returned."""
+        text = (
+            f"early stopping at epoch {epoch}: no improvement in {self.patience} "
+            f"epochs"
+        )
+        if self.best_epoch is None:  # every metric was NaN
+            return text
+        return (
+            f"{text}; returning the parameters, state and optimizer state of "
+            f"epoch {self.best_epoch}, the best (monitored loss "
+            f"{self.best_metric:.6g})"
+        )

@@ -1,0 +1,86 @@
+"""Constructor options: validated when a layer is built, and its name.
+
+A layer's options are checked by its constructor, before any array exists
+(haiku and equinox do the same): a wrong option fails at the line that
+wrote it. NumPy scalars are accepted wherever a Python number is
+(``Dense(np.int64(10))``, ``Dropout(np.float32(0.5))``) and converted to
+Python numbers, so that names and closures hold plain values; ``bool`` is
+refused where a number is meant.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def check_positive_int(name: str, what: str, value) -> int:
+    """Validates a constructor option that must be a positive int.
+
+    Accepts any integral number but ``bool`` (``np.int64(10)`` too).
+
+    Returns:
+      ``value`` as a Python ``int``.
+
+    Raises:
+      ValueError: for anything else, naming the layer and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, what: str, value, *, low=None, high=None,
+               high_open=False, low_open=False) -> float:
+    """Validates a real-valued constructor option (``np.float32`` too).
+
+    Args:
+      name, what: the layer and the option, for the message.
+      value: the option; a real number, not ``bool``, finite.
+      low, high: inclusive bounds, or exclusive with ``low_open`` /
+        ``high_open``; ``None`` for no bound.
+
+    Returns:
+      ``value`` as a Python ``float``.
+
+    Raises:
+      ValueError: naming the layer, the option, the bounds and the value.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = ""
+        if low is not None and high is not None:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            bounds = f" in {left}{low}, {high}{right}"
+        elif low is not None:
+            bounds = f" {'>' if low_open else '>='} {low}"
+        raise ValueError(
+            f"{name}: {what} must be a finite number{bounds}, got {value!r}"
+        )
+    return float(value)
+
+
+def layer_name(head: str, args=(), options=()) -> str:
+    """The name of a layer: the call that builds it.
+
+    Args:
+      head: the constructor's name, e.g. ``"Dense"``.
+      args: required options, shown by position with ``repr``.
+      options: ``(key, value, default)`` triples, shown as ``key=value``
+        only where ``value != default``.
+
+    Returns:
+      e.g. ``"Dense(256, use_bias=False)"``.
+
+    Example:
+      >>> layer_name("Dense", (256,), [("use_bias", False, True)])
+      'Dense(256, use_bias=False)'
+    """
+    shown = [repr(a) for a in args]
+    shown += [f"{k}={v!r}" for k, v, default in options if v != default]
+    return f"{head}({', '.join(shown)})"

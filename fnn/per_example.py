@@ -1,0 +1,82 @@
+"""Per-example gradients: one gradient per example of a batch, by ``jax.vmap``.
+
+The building block of differentially private SGD (clip each example's
+gradient, then add noise) and of per-example diagnostics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fnn.protocol import Layer
+
+
+def per_example_grads(
+    model: Layer, loss, method: str = "autodiff", *, train: bool = True
+) -> Callable:
+    """Builds ``f(params, state, x, y, *, key=None) -> (losses, grads)``.
+
+    For a batch of ``N`` examples, ``losses[i] = loss(model(params, x[i:i+1]),
+    y[i:i+1])`` and ``grads[i] = d losses[i] / d params``, computed by
+    ``jax.vmap`` over batches of one with either gradient method. Their mean
+    is the batch gradient.
+
+    Args:
+      model: a :class:`~fnn.protocol.Layer` without state.
+      loss: as for :func:`fnn.backprop.value_and_grad`.
+      method: ``"autodiff"`` or ``"manual"``.
+      train: training mode (dropout on). Each example gets its own dropout
+        key, split from ``key``.
+
+    Returns:
+      ``f``, whose ``losses`` has shape ``(N,)`` and whose every leaf of
+      ``grads`` has a leading axis of ``N``.
+
+    Raises:
+      ValueError: when called with a model that has state (batch norm):
+        it couples the examples of a batch, so per-example gradients are
+        undefined.
+    """
+    from fnn import backprop  # imports this module: resolved at call time
+
+    grad_fn = backprop.value_and_grad(model, loss, method, train=train)
+
+    def one(params, state, x, y, key):
+        (value, _), grads = grad_fn(params, state, x[None], y[None], key=key)
+        return value, grads
+
+    def f(params, state, x, y, *, key=None):
+        if jax.tree.leaves(state):
+            raise ValueError(
+                "per_example_grads: the model has state (batch norm?), which "
+                "couples the examples of a batch; per-example gradients are "
+                "undefined. Use LayerNorm, or no normalisation."
+            )
+        keys = None if key is None else jax.random.split(key, len(x))
+        return jax.vmap(
+            one, in_axes=(None, None, 0, 0, 0 if keys is not None else None)
+        )(params, state, x, y, keys)
+
+    return f
+
+
+def per_example_norms(grads) -> jax.Array:
+    """Global L2 norm of each example's gradient.
+
+    ``norms[i] = sqrt(sum over leaves and entries of grads[leaf][i]**2)``.
+
+    Args:
+      grads: per-example gradients, every leaf with a leading axis ``N``
+        (as :func:`per_example_grads` returns).
+
+    Returns:
+      An array of shape ``(N,)``.
+    """
+    squares = [
+        jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
+        for g in jax.tree.leaves(grads)
+    ]
+    return jnp.sqrt(sum(squares))
