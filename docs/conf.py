@@ -89,6 +89,7 @@ html_static_path = []
 import api_coverage  # noqa: E402
 
 API_ORDER = [
+    "fnn",
     "fnn.protocol",
     "fnn.layers",
     "fnn.activations",
@@ -151,12 +152,40 @@ def _data_entry(name: str, value) -> list[str]:
         ]
     shown = repr(value)
     shown = shown if len(shown) <= 70 else shown[:60] + " ..."
-    return [
+    lines = [
         f".. py:data:: {name}",
         f"   :type: {type(value).__name__}",
         f"   :value: {shown}",
         "",
     ]
+    doc = _instance_doc(value)
+    if doc:
+        lines += ["   " + line if line else "" for line in doc.splitlines()]
+        lines += [""]
+    return lines
+
+
+def _instance_doc(value) -> str:
+    """Documentation of a record instance such as ``fnn.losses.mse``: its own
+    docstring, or its ``value`` function's (a ``Loss``/``Penalty`` record),
+    in Google style, converted to reST by napoleon."""
+    import inspect
+
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import GoogleDocstring
+
+    doc = value.__doc__ if value.__doc__ != type(value).__doc__ else None
+    if not doc and callable(getattr(value, "value", None)):
+        doc = inspect.getdoc(value.value)
+        if doc and callable(getattr(value, "grad", None)):
+            doc += (
+                "\n\nIts hand-written gradient is ``.grad`` "
+                "(never ``jax.grad``); calling it gives the value."
+            )
+    if not doc:
+        return ""
+    config = Config(napoleon_use_ivar=True, napoleon_use_rtype=False)
+    return str(GoogleDocstring(inspect.cleandoc(doc), config))
 
 
 def _documented_by_autodoc(module, name) -> bool:
@@ -177,17 +206,19 @@ def _api_pages():
     """``{module name: reStructuredText}`` of every generated API page."""
     import importlib
 
-    modules = [m for m in api_coverage.public_modules("fnn") if m != "fnn"]
+    modules = api_coverage.public_modules("fnn")
     layer_modules = _layer_modules(modules)
     elsewhere = set()  # objects documented on a page other than fnn.layers
     for sub in modules:
-        if sub != "fnn.layers":
+        if sub not in ("fnn", "fnn.layers"):
             mod = importlib.import_module(sub)
             elsewhere |= {id(getattr(mod, n)) for n in api_coverage.public_names(mod)}
     pages = {}
     for name in modules:
         mod = importlib.import_module(name)
         names = api_coverage.public_names(mod)
+        if name == "fnn":  # the package: its docstring; names live in modules
+            names = []
         if name == "fnn.layers":
             names = [n for n in names if id(getattr(mod, n)) not in elsewhere]
         auto = [n for n in names if _documented_by_autodoc(mod, n)]

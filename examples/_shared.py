@@ -1,12 +1,13 @@
-"""Plumbing shared by the examples: matplotlib, figures, images, a validation split.
+"""Plumbing shared by the examples: matplotlib, figures, loading images, and
+the point at which a ReLU network's gradient is checked.
 
-Nothing here is about neural networks; the models, their training and what
-each example shows stay in the example. Run as ``python examples/NAME.py``,
+The models, their training and what each example shows stay in the example. Run as ``python examples/NAME.py``,
 an example finds this module because its own folder is on ``sys.path``.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from fnn import data
@@ -57,21 +58,6 @@ def load_images(dataset: str):
     return dataset, data.digits()
 
 
-def validation_split(x, y, fraction=0.1, seed=0):
-    """``((x_train, y_train), (x_val, y_val))``: ``fraction`` of ``(x, y)`` held out.
-
-    The validation examples are drawn at random (seeded) from the training
-    data, so the test set stays untouched until the very end. Uses
-    ``fnn.data.split`` where this version of fnn has it.
-    """
-    if hasattr(data, "split"):
-        return data.split(x, y, fraction=fraction, seed=seed)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = max(1, round(fraction * len(x)))
-    keep, held = order[n_val:], order[:n_val]
-    return (x[keep], y[keep]), (x[held], y[held])
-
-
 def plot_curves(history, path, title, marker=None):
     """Training and validation loss (log scale) beside validation accuracy.
 
@@ -116,3 +102,20 @@ def plot_filters(weights, path, title, columns=16):
             scale = float(np.abs(tile).max()) or 1.0
             ax.imshow(tile, cmap="RdBu_r", vmin=-scale, vmax=scale)
     finish(fig, path, title)
+
+
+@jax.jit
+def off_kinks(params, key):
+    """``params`` plus N(0, 0.01^2) noise: a gradient-check point off ReLU's kink.
+
+    At init every bias is 0, so on an image's blank background each conv
+    output is exactly 0, on ReLU's kink, where a finite difference measures
+    the slope of one side only (0 or 1) while both gradients take relu'(0) = 0.
+    A small shift moves every unit to one side.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [
+        p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)
+    ]
+    return jax.tree.unflatten(treedef, noisy)

@@ -52,7 +52,13 @@ def check_layers(names, finite_differences=True):
         model = L.serial(L.Dense(4), LAYERS[name], L.Dense(2))
         _, params, state = model.init(jax.random.fold_in(key, 2), (3,))
         reports[name] = backprop.check(
-            model, losses.mse, params, state, x, y, finite_differences=finite_differences
+            model,
+            losses.mse,
+            params,
+            state,
+            x,
+            y,
+            finite_differences=finite_differences,
         )
     return reports
 

@@ -65,7 +65,9 @@ def Multiply() -> Layer:
 
 
 def row(name, by_hand, manual, autodiff):
-    by_hand, manual, autodiff = (np.asarray(a, np.float64) for a in (by_hand, manual, autodiff))
+    by_hand, manual, autodiff = (
+        np.asarray(a, np.float64) for a in (by_hand, manual, autodiff)
+    )
     gap = max(np.abs(manual - by_hand).max(), np.abs(autodiff - by_hand).max())
     print(
         f"  {name:8s} {np.array2string(by_hand.ravel()[:3], precision=4):>28s} "
@@ -85,7 +87,9 @@ def graph_part():
     df_dq = z * df_df
     df_dx = df_dq * 1.0
     df_dy = df_dq * 1.0
-    print(f"1. f = (x + y) z at (x, y, z) = {POINT}: q = x + y = {q:g}, f = q z = {f:g}")
+    print(
+        f"1. f = (x + y) z at (x, y, z) = {POINT}: q = x + y = {q:g}, f = q z = {f:g}"
+    )
 
     graph = L.serial(Add(), Multiply())
     _, params, state = graph.init(jax.random.key(0), (3,))  # no parameters
@@ -96,7 +100,9 @@ def graph_part():
     print(f"  fnn forward: f = {float(out[0, 0]):g}")
     print(f"  {'':8s} {'by hand':>8s} {'fnn manual backward':>20s} {'jax.grad':>10s}")
     worst = 0.0
-    for i, (name, hand) in enumerate((("df/dx", df_dx), ("df/dy", df_dy), ("df/dz", df_dz))):
+    for i, (name, hand) in enumerate(
+        (("df/dx", df_dx), ("df/dy", df_dy), ("df/dz", df_dz))
+    ):
         m, a = float(manual[0, i]), float(autodiff[0, i])
         worst = max(worst, abs(m - hand), abs(a - hand))
         print(f"  {name:8s} {hand:8g} {m:20g} {a:10g}")
@@ -114,8 +120,14 @@ def network_part(seed: int, finite_differences: bool):
     _, params, state = model.init(jax.random.key(seed), (3,))
     x = np.array([[0.5, -1.0, 2.0]])
     t = np.array([[1.0, 0.0]])
-    w1, b1 = np.asarray(params[0]["w"], np.float64), np.asarray(params[0]["b"], np.float64)
-    w2, b2 = np.asarray(params[2]["w"], np.float64), np.asarray(params[2]["b"], np.float64)
+    w1, b1 = (
+        np.asarray(params[0]["w"], np.float64),
+        np.asarray(params[0]["b"], np.float64),
+    )
+    w2, b2 = (
+        np.asarray(params[2]["w"], np.float64),
+        np.asarray(params[2]["b"], np.float64),
+    )
 
     # Forward, by hand.
     a1 = x @ w1 + b1  # (1, 4) pre-activations
@@ -141,7 +153,10 @@ def network_part(seed: int, finite_differences: bool):
         f"\n2. Dense(4) - Sigmoid - Dense(2), squared error on one example: loss "
         f"{loss:.6f} by hand, {float(value):.6f} by fnn"
     )
-    print(f"  {'':8s} {'by hand':>28s} {'fnn manual backward':>28s} {'jax.grad':>28s}   max gap")
+    print(
+        f"  {'':8s} {'by hand':>28s} {'fnn manual backward':>28s} "
+        f"{'jax.grad':>28s}   max gap"
+    )
     worst = 0.0
     for name, hand, path in (
         ("dL/dw2", d_w2, (2, "w")),

@@ -67,7 +67,11 @@ def plot(norms, curves, path):
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.semilogy(range(1, len(norms) + 1), norms, "o-")
-    ax1.set(xlabel="layer", ylabel="gradient norm", title="per-layer gradient norm at the start")
+    ax1.set(
+        xlabel="layer",
+        ylabel="gradient norm",
+        title="per-layer gradient norm at the start",
+    )
     for label, values in curves.items():
         ax2.semilogy(range(1, len(values) + 1), values, "o-", ms=3, label=label)
     ax2.set(xlabel="step", ylabel="training loss", title="the first steps")
@@ -117,7 +121,9 @@ def main(argv=None):
     }
     results, curves = {}, {}
     for label, optimizer in optimizers.items():
-        curves[label] = first_steps(model, loss, optimizer, params, state, x, y, 20, batch_size)
+        curves[label] = first_steps(
+            model, loss, optimizer, params, state, x, y, 20, batch_size
+        )
         result = train.fit(
             model,
             loss,
@@ -129,7 +135,9 @@ def main(argv=None):
             epochs=epochs,
             batch_size=batch_size,
         )
-        metrics = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
+        metrics = train.evaluate(
+            model, loss, result.params, result.state, x_test, y_test
+        )
         results[label] = {
             "stopped": result.stopped,
             "epochs_done": len(result.history["train_loss"]),

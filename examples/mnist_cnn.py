@@ -37,11 +37,11 @@ import jax
 import numpy as np
 import optax
 
-from fnn import augment, backprop, losses, optim, train
+from fnn import augment, backprop, data, losses, optim, train
 from fnn import layers as L
 from fnn.conv import Conv, MaxPool
 
-from _shared import load_images, plot_curves, plot_filters, validation_split
+from _shared import load_images, off_kinks, plot_curves, plot_filters
 
 DEFAULTS = {  # dataset: (epochs, batch size, peak learning rate)
     "mnist": (3, 128, 3e-3),
@@ -60,7 +60,9 @@ AUGMENT = {  # dataset: (max shift in pixels, max rotation in degrees)
 def augmentation(dataset: str):
     """Random shifts, then small rotations: digits stay digits."""
     shift, degrees = AUGMENT[dataset]
-    return augment.compose(augment.random_shift(shift), augment.random_rotation(degrees))
+    return augment.compose(
+        augment.random_shift(shift), augment.random_rotation(degrees)
+    )
 
 
 def cnn(num_classes: int = 10, rate: float = 0.5) -> L.Layer:
@@ -70,23 +72,6 @@ def cnn(num_classes: int = 10, rate: float = 0.5) -> L.Layer:
         Conv(64, (3, 3)), L.Relu, MaxPool((2, 2)),
         L.Flatten(), L.Dense(128), L.Relu, L.Dropout(rate), L.Dense(num_classes),
     )  # fmt: skip
-
-
-@jax.jit
-def off_kinks(params, key):
-    """``params`` plus N(0, 0.01^2) noise: a gradient-check point off ReLU's kink.
-
-    At init every bias is 0, so on an image's blank background each conv
-    output is exactly 0, on ReLU's kink, where a finite difference measures
-    the slope of one side only (0 or 1) while both gradients take relu'(0) = 0.
-    A small shift moves every unit to one side.
-    """
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [
-        p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)
-    ]
-    return jax.tree.unflatten(treedef, noisy)
 
 
 def main(argv=None):
@@ -123,7 +108,7 @@ def main(argv=None):
     epochs = args.epochs or epochs
     batch_size = args.batch_size or batch_size
     lr = args.lr or lr
-    (x_train, y_train), (x_val, y_val) = validation_split(x_train, y_train, 0.1)
+    (x_train, y_train), (x_val, y_val) = data.split(x_train, y_train, 0.1)
     print(
         f"{dataset}: {len(x_train)} training, {len(x_val)} validation (held out "
         f"of the training set) and {len(x_test)} test images of shape "
@@ -157,8 +142,11 @@ def main(argv=None):
     runs = {"plain": None}
     if args.augment:
         runs["augmented"] = augmentation(dataset)
-        print(f"augmentation: shifts up to {AUGMENT[dataset][0]} pixels, rotations "
-              f"up to {AUGMENT[dataset][1]:g} degrees, a fresh draw every batch")  # fmt: skip
+        shift, degrees = AUGMENT[dataset]
+        print(
+            f"augmentation: shifts up to {shift} pixels, rotations up to "
+            f"{degrees:g} degrees, a fresh draw every batch"
+        )
     results = {}
     for name, aug in runs.items():
         if args.augment:
@@ -194,8 +182,9 @@ def main(argv=None):
         plain, augmented = results["plain"][1], results["augmented"][1]
         print(
             f"\naugmentation moved test accuracy from {plain['accuracy']:.4f} to "
-            f"{augmented['accuracy']:.4f} ({augmented['accuracy'] - plain['accuracy']:+.4f})"
-            f" and test loss from {plain['loss']:.4f} to {augmented['loss']:.4f}"
+            f"{augmented['accuracy']:.4f} "
+            f"({augmented['accuracy'] - plain['accuracy']:+.4f}) and test loss "
+            f"from {plain['loss']:.4f} to {augmented['loss']:.4f}"
         )
     print(f"{wall:.1f} s in all")
     name = "augmented" if args.augment else "plain"

@@ -35,7 +35,7 @@ import optax
 from fnn import backprop, data, losses, optim, train
 from fnn import layers as L
 
-from _shared import plot_curves, plot_filters, validation_split
+from _shared import plot_curves, plot_filters
 
 DEFAULTS = {  # dataset: (epochs, batch size, hidden units, learning rate)
     "digits": (30, 64, 256, 3e-3),
@@ -83,7 +83,7 @@ def main(argv=None):
     (x_train, y_train), (x_test, y_test) = getattr(data, args.dataset)()
     if args.quick and args.dataset == "mnist":
         x_train, y_train = x_train[:QUICK_MNIST_IMAGES], y_train[:QUICK_MNIST_IMAGES]
-    (x_train, y_train), (x_val, y_val) = validation_split(x_train, y_train, 0.1)
+    (x_train, y_train), (x_val, y_val) = data.split(x_train, y_train, 0.1)
     print(
         f"{args.dataset}: {len(x_train)} training, {len(x_val)} validation (held "
         f"out of the training set) and {len(x_test)} test images of shape "

@@ -81,7 +81,12 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     epochs = 2 if args.quick else args.epochs
-    batch_size, clip, noise, method = args.batch_size, args.clip, args.noise, args.method
+    batch_size, clip, noise, method = (
+        args.batch_size,
+        args.clip,
+        args.noise,
+        args.method,
+    )
 
     (x, y), (x_test, y_test) = data.digits()
     model = L.serial(L.Flatten(), L.Dense(64), L.Relu, L.Dense(10))

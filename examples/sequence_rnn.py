@@ -31,12 +31,12 @@ import time
 import jax
 import optax
 
-from fnn import backprop, losses, optim, train
+from fnn import backprop, data, losses, optim, train
 from fnn import layers as L
 from fnn.protocol import Layer
 from fnn.recurrent import GRU, LSTM, SimpleRNN
 
-from _shared import finish, load_images, pyplot, validation_split
+from _shared import finish, load_images, pyplot
 
 CELLS = {"simple_rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
 DEFAULTS = {  # dataset: (epochs, batch size, learning rate, hidden units)
@@ -102,7 +102,7 @@ def main(argv=None):
         x_train, y_train = x_train[:n_train], y_train[:n_train]
         x_test, y_test = x_test[:n_test], y_test[:n_test]
     epochs, hidden = args.epochs or epochs, args.hidden or hidden
-    (x_train, y_train), (x_val, y_val) = validation_split(x_train, y_train, 0.1)
+    (x_train, y_train), (x_val, y_val) = data.split(x_train, y_train, 0.1)
     image_shape = x_train.shape[1:]
     print(
         f"{dataset}: {len(x_train)} training, {len(x_val)} validation and "

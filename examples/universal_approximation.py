@@ -89,9 +89,13 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="3 widths, fewer steps (seconds): for tests"
+        "--quick",
+        action="store_true",
+        help="3 widths, fewer steps (seconds): for tests",
     )
-    parser.add_argument("--plot", default="universal_approximation.png", help="PNG path")
+    parser.add_argument(
+        "--plot", default="universal_approximation.png", help="PNG path"
+    )
     args = parser.parse_args(argv)
     widths = QUICK_WIDTHS if args.quick else WIDTHS
     steps = 1500 if args.quick else args.steps

@@ -142,7 +142,9 @@ def plot(x, y, hidden_sets, path):
     plt = pyplot()
     if plt is None:
         return
-    fig, axes = plt.subplots(1, 1 + len(hidden_sets), figsize=(4 * (1 + len(hidden_sets)), 4))
+    fig, axes = plt.subplots(
+        1, 1 + len(hidden_sets), figsize=(4 * (1 + len(hidden_sets)), 4)
+    )
     colors = np.where(np.asarray(y).reshape(-1) > 0.5, "tab:red", "tab:blue")
     panels = [("input space: no line separates", np.asarray(x), None)] + hidden_sets
     for ax, (title, points, line) in zip(axes, panels):
@@ -159,9 +161,13 @@ def plot(x, y, hidden_sets, path):
             lo, hi = points[:, 0].min() - 0.5, points[:, 0].max() + 0.5
             hs = np.linspace(lo, hi, 2)
             if abs(w1) > 1e-6:
-                ax.plot(hs, (level - bias - w0 * hs) / w1, "k--", label="output boundary")
+                ax.plot(
+                    hs, (level - bias - w0 * hs) / w1, "k--", label="output boundary"
+                )
             else:
-                ax.axvline((level - bias) / w0, color="k", ls="--", label="output boundary")
+                ax.axvline(
+                    (level - bias) / w0, color="k", ls="--", label="output boundary"
+                )
             ax.set_ylim(points[:, 1].min() - 0.5, points[:, 1].max() + 0.5)
             ax.legend(loc="lower right")
         names = ("x1", "x2") if line is None else ("hidden unit 1", "hidden unit 2")
@@ -209,7 +215,9 @@ def main(argv=None):
 
     neuron = L.Dense(1)
     _, p, s = neuron.init(jax.random.key(args.seed), (2,))
-    p, s, value = train_steps(neuron, losses.mse, optim.sgd(0.1), p, s, x, y, steps, "manual")
+    p, s, value = train_steps(
+        neuron, losses.mse, optim.sgd(0.1), p, s, x, y, steps, "manual"
+    )
     out, _ = neuron.apply(p, s, x)
     correct, ties = decisions(out, y)
     truth_table(
@@ -237,8 +245,12 @@ def main(argv=None):
     # Two hidden units can represent XOR, but gradient descent from a random
     # start often stalls on a plateau: train STARTS starts at once (vmap).
     inits = jax.vmap(lambda k: net.init(k, (2,))[1])(keys)
-    finals, values = train_starts(net, loss, optim.momentum(0.5), inits, state, x, y, steps)
-    probs = jax.vmap(lambda p: fnn.activations.sigmoid(net.apply(p, state, x)[0]))(finals)
+    finals, values = train_starts(
+        net, loss, optim.momentum(0.5), inits, state, x, y, steps
+    )
+    probs = jax.vmap(lambda p: fnn.activations.sigmoid(net.apply(p, state, x)[0]))(
+        finals
+    )
     scores = [decisions(p, y)[0] for p in probs]
     learned = [i for i, c in enumerate(scores) if c == 4]
     best = learned[0] if learned else int(np.argmax(scores))
@@ -258,10 +270,16 @@ def main(argv=None):
         x,
         y,
         [
-            ("hand-set ReLU net's hidden space", hand_hidden,
-             ((1.0, -2.0), 0.0, 0.5)),
-            ("learned tanh net's hidden space", hidden,
-             (tuple(np.asarray(params[2]["w"]).ravel()), float(params[2]["b"][0]), 0.0)),
+            ("hand-set ReLU net's hidden space", hand_hidden, ((1.0, -2.0), 0.0, 0.5)),
+            (
+                "learned tanh net's hidden space",
+                hidden,
+                (
+                    tuple(np.asarray(params[2]["w"]).ravel()),
+                    float(params[2]["b"][0]),
+                    0.0,
+                ),
+            ),
         ],  # fmt: skip
         args.plot,
     )

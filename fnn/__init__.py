@@ -56,4 +56,21 @@ for _name in _public_modules():
     _importlib.import_module(f"{__name__}.{_name}")
 del _name
 
-__all__ = ["Layer", "__version__", *_public_modules()]
+__all__ = [
+    "Layer",
+    "__version__",
+    "activations",
+    "augment",
+    "backprop",
+    "checkpoint",
+    "data",
+    "diagnostics",
+    "initializers",
+    "layers",
+    "losses",
+    "optim",
+    "parallel",
+    "protocol",
+    "train",
+]
+__all__ += [m for m in _public_modules() if m not in __all__]

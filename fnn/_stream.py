@@ -13,7 +13,7 @@ Each step is one jitted call whose parameters are donated, as in
 :func:`fnn.train.make_step`. The batches are put on the device two steps
 ahead (``jax.device_put`` returns at once and the copy overlaps the running
 step, the pattern of flax's ``prefetch_to_device``). Step ``i`` of epoch
-``e`` draws its key as arrays do (:func:`fnn._epoch.step_key`), so a stream
+``e`` draws its key as arrays do (``fnn._epoch.step_key``), so a stream
 of the same batches in the same order trains exactly as arrays do with
 ``scan=False``.
 

@@ -195,8 +195,10 @@ def MultiHeadAttention(
                     "pass a context or a mask"
                 )
             return x, x, None
-        if not isinstance(x, (tuple, list)) or len(x) != len(parts) or (
-            what == "shape" and is_shape(x)
+        if (
+            not isinstance(x, (tuple, list))
+            or len(x) != len(parts)
+            or (what == "shape" and is_shape(x))
         ):
             got = f"an array of shape {x.shape}" if hasattr(x, "shape") else repr(x)
             raise ShapeError(f"{name}: expected {wanted} of {what}s, got {got:.80}")

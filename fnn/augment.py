@@ -139,7 +139,10 @@ def _rotate_one(image: jax.Array, radians: jax.Array) -> jax.Array:
         jnp.arange(c, dtype=image.dtype),
         indexing="ij",
     )
-    cos, sin = jnp.cos(radians).astype(image.dtype), jnp.sin(radians).astype(image.dtype)
+    cos, sin = (
+        jnp.cos(radians).astype(image.dtype),
+        jnp.sin(radians).astype(image.dtype),
+    )
     # Output pixel (i, j) reads the input at the point that the rotation
     # takes to it: the inverse rotation of its offset from the centre.
     rows = ci + cos * i + sin * j
@@ -332,7 +335,9 @@ def gaussian_noise(std: float) -> Augment:
                 f"{name}: needs floating inputs, got dtype {x.dtype}; "
                 "convert with x.astype(jnp.float32) first"
             )
-        return x + jnp.asarray(sigma, x.dtype) * jax.random.normal(key, x.shape, x.dtype)
+        return x + jnp.asarray(sigma, x.dtype) * jax.random.normal(
+            key, x.shape, x.dtype
+        )
 
     return aug
 

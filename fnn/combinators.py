@@ -33,6 +33,7 @@ from fnn.protocol import (
     layer_name,
     per_example_shape,
     shape_carrier,
+    short_repr,
 )
 
 
@@ -59,7 +60,8 @@ def check_layers(name, layers) -> tuple[Layer, ...]:
 
 def _tuple_of_shapes(name, shapes, n=None):
     if not (isinstance(shapes, (tuple, list)) and all(is_shape(s) for s in shapes)):
-        raise ShapeError(f"{name}: expected a tuple of input shapes, got {shapes!r}")
+        got = short_repr(shapes)
+        raise ShapeError(f"{name}: expected a tuple of input shapes, got {got}")
     if n is not None and len(shapes) != n:
         raise ShapeError(f"{name}: expected {n} inputs, got {len(shapes)}: {shapes}")
     return tuple(tuple(int(d) for d in s) for s in shapes)

@@ -19,7 +19,6 @@ from fnn.protocol import (
 )
 
 
-
 def Embedding(vocab_size: int, features: int, embedding_init=None) -> Layer:
     """Looks up a learned ``features``-vector for each integer token id.
 
@@ -98,6 +97,8 @@ def Embedding(vocab_size: int, features: int, embedding_init=None) -> Layer:
                     f"{bad.size} outside it (e.g. {bad[:5].tolist()}); raise "
                     f"vocab_size or map them to an id of the vocabulary"
                 )
+        if jnp.iinfo(x.dtype).bits < 32:  # vocab_size must fit the dtype
+            x = x.astype(jnp.int32)
         return jnp.where((x < 0) | (x >= vocab_size), vocab_size, x)
 
     def forward(params, state, x, *, key=None, train=False):

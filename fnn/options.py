@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 
 def check_positive_int(name: str, what: str, value) -> int:
     """Validates a constructor option that must be a positive int.
@@ -41,11 +43,15 @@ def check_real(name: str, what: str, value, *, low=None, high=None,
         ``high_open``; ``None`` for no bound.
 
     Returns:
-      ``value`` as a Python ``float``.
+      ``value`` as a Python ``float``; a NumPy float by the decimal it
+      prints as (``np.float32(0.1)`` gives ``0.1``, not
+      ``0.10000000149011612``), the number its user wrote.
 
     Raises:
       ValueError: naming the layer, the option, the bounds and the value.
     """
+    if isinstance(value, np.floating):
+        value = float(str(value))
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     ok = ok and math.isfinite(value)
     if ok and low is not None:
@@ -72,7 +78,9 @@ def layer_name(head: str, args=(), options=()) -> str:
       head: the constructor's name, e.g. ``"Dense"``.
       args: required options, shown by position with ``repr``.
       options: ``(key, value, default)`` triples, shown as ``key=value``
-        only where ``value != default``.
+        only where ``value != default``. A plain function shows by its
+        qualified name (``variance_scaling.<locals>.init``), never by an
+        address that changes from run to run.
 
     Returns:
       e.g. ``"Dense(256, use_bias=False)"``.
@@ -81,6 +89,13 @@ def layer_name(head: str, args=(), options=()) -> str:
       >>> layer_name("Dense", (256,), [("use_bias", False, True)])
       'Dense(256, use_bias=False)'
     """
-    shown = [repr(a) for a in args]
-    shown += [f"{k}={v!r}" for k, v, default in options if v != default]
+    shown = [_show(a) for a in args]
+    shown += [f"{k}={_show(v)}" for k, v, default in options if v != default]
     return f"{head}({', '.join(shown)})"
+
+
+def _show(value) -> str:
+    text = repr(value)
+    if text.startswith("<") and hasattr(value, "__qualname__"):
+        return value.__qualname__
+    return text

@@ -138,4 +138,3 @@ def make_step(
 
     step.lower = jitted.lower  # for inspecting the compiled program
     return step
-

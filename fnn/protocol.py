@@ -189,15 +189,11 @@ def check_shape(name: str, shape, *, min_rank: int = 0) -> Shape:
     if isinstance(shape, list):
         shape = tuple(shape)
     if not is_shape(shape):
-        if hasattr(shape, "shape") and hasattr(shape, "dtype"):
-            got = (
-                f"an array of shape {tuple(shape.shape)} and dtype {shape.dtype}; "
-                f"pass a shape, e.g. x.shape[1:] for a batch x"
-            )
+        got = short_repr(shape)
+        if hasattr(shape, "shape"):
+            got += "; pass a shape, e.g. x.shape[1:] for a batch x"
         elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-            got = f"{shape!r}; write ({shape},)"
-        else:
-            got = repr(shape)
+            got += f"; write ({shape},)"
         raise ShapeError(
             f"{name}: input_shape must be a tuple of non-negative ints without "
             f"the batch axis, e.g. (784,) or (28, 28, 1); got {got}"
@@ -209,6 +205,14 @@ def check_shape(name: str, shape, *, min_rank: int = 0) -> Shape:
             f"got shape {shape}"
         )
     return shape
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """``repr(value)`` for a message: an array by its shape, text cut at ``limit``."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_sequence_shape(name: str, shape) -> Shape:

@@ -397,4 +397,3 @@ def GRU(hidden: int) -> Layer:
         return dparams, dx
 
     return Layer(init, forward, backward, name)
-

@@ -9,11 +9,11 @@
 jitted once, with the old parameters, state and optimizer state donated so
 XLA updates them in place. ``fit`` runs each epoch as one compiled loop
 over shuffled minibatches gathered from the data on the device
-(:mod:`fnn._epoch`), so an epoch costs one Python call, not one per
+(``fnn._epoch``), so an epoch costs one Python call, not one per
 minibatch. Around it, ``fit`` is a short loop over small pieces: the checks
-of its arguments (:mod:`fnn._train_checks`), the display
+of its arguments (``fnn._train_checks``), the display
 (:mod:`fnn.progress`), the rollback after a non-finite loss
-(:func:`fnn._epoch.rollback`) and early stopping
+(``fnn._epoch.rollback``) and early stopping
 (:mod:`fnn.early_stopping`).
 """
 
@@ -259,7 +259,7 @@ def fit(
         binary labels ``(N,)`` are read as ``(N, 1)`` as in :func:`evaluate`.
         Or a stream, for data larger than memory: an iterable of ``(x, y)``
         batches (iterated afresh each epoch), or a function ``epoch ->
-        iterable of (x, y)``; see :mod:`fnn._stream`. Each batch is checked
+        iterable of (x, y)``; see ``fnn._stream``. Each batch is checked
         on the host and put on the device two steps ahead; steps run as
         jitted calls, and a stream of the same batches in the same order
         trains exactly as arrays with ``scan=False``.
@@ -284,7 +284,7 @@ def fit(
         :func:`make_step`).
       scan: run each epoch as one compiled loop (``True``) or as a loop of
         jitted steps (``False``). Both give the same result; the default
-        picks the faster (:func:`fnn._backend.scan_by_default`).
+        picks the faster (``fnn._backend.scan_by_default``).
       progress: a live progress bar on stderr when it is a terminal, else a
         line per epoch (``True``); nothing (``False``); the bar on a
         terminal only (``None``, the default).
@@ -360,8 +360,8 @@ def _is_arrays(data) -> bool:
 
 def _sources(model, loss, params, state, train_data, validation_data, key,
              batch_size, step, scan, augment):  # fmt: skip
-    """The training source (:class:`fnn._epoch.InMemory` or
-    :class:`fnn._stream.Stream`) and the checked validation arrays, with
+    """The training source (``fnn._epoch.InMemory`` or
+    ``fnn._stream.Stream``) and the checked validation arrays, with
     their shape of predictions (``None`` without validation data)."""
     validation = None
     if validation_data is not None:

@@ -482,6 +482,12 @@ def test_embedding_ids_out_of_range_under_jit_give_nan_rows_and_no_gradient():
     expected = np.zeros((5, 3))
     expected[[0, 4]] = 1.0
     np.testing.assert_array_equal(dparams["table"], expected)
+    # Narrow id dtypes too: an int8 -1 must not wrap onto a valid row.
+    wide = Embedding(300, 2)
+    _, params, state = wide.init(KEY, (2,))
+    y, _ = jax.jit(wide.apply)(params, state, np.array([[7, -1]], np.int8))
+    np.testing.assert_array_equal(y[0, 0], params["table"][7])
+    assert np.isnan(np.asarray(y[0, 1])).all()
 
 
 def test_embedding_refuses_the_table_of_another_vocabulary():

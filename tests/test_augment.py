@@ -191,11 +191,23 @@ def test_dtype_is_preserved(name, dtype):
 @pytest.mark.parametrize(
     "build, error, message",
     [
-        (lambda: A.random_shift(-1), ValueError, "max_pixels must be an int >= 0, got -1"),
+        (
+            lambda: A.random_shift(-1),
+            ValueError,
+            "max_pixels must be an int >= 0, got -1",
+        ),
         (lambda: A.random_shift(1.5), ValueError, "got 1.5"),
         (lambda: A.random_crop(2, mode="wrap"), ValueError, "mode must be one of"),
-        (lambda: A.random_flip(False, False), ValueError, "enable horizontal or vertical"),
-        (lambda: A.random_rotation(200), ValueError, "must be >= 0 and <= 180, got 200"),
+        (
+            lambda: A.random_flip(False, False),
+            ValueError,
+            "enable horizontal or vertical",
+        ),
+        (
+            lambda: A.random_rotation(200),
+            ValueError,
+            "must be >= 0 and <= 180, got 200",
+        ),
         (lambda: A.random_rotation("10"), TypeError, "must be a number"),
         (lambda: A.gaussian_noise(-0.1), ValueError, "std must be >= 0, got -0.1"),
         (lambda: A.compose(A.random_flip), TypeError, "did you mean random_flip(...)"),

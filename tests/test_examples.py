@@ -64,7 +64,9 @@ def test_version_matches_pyproject():
 
 
 def test_every_example_takes_quick_and_checks_its_gradients():
-    tested = Path(__file__).read_text() + (ROOT / "tests/test_examples_arch.py").read_text()
+    tested = (
+        Path(__file__).read_text() + (ROOT / "tests/test_examples_arch.py").read_text()
+    )
     for path in sorted(EXAMPLES.glob("*.py")):
         if path.stem.startswith("_"):
             continue
@@ -88,12 +90,14 @@ def test_xor_perceptron_ties_and_hidden_space(capsys):
     for row in ("0   0 | 0.000", "0   1 | 1.000", "1   0 | 1.000", "1   1 | 0.000"):
         assert row in hand_set
     # The linear neuron outputs 0.5 everywhere: ties, not "25% accuracy".
-    assert r["neuron"] == {"correct": 0, "ties": 4, "mse": pytest.approx(0.25, abs=1e-3)}
+    assert r["neuron"] == {
+        "correct": 0,
+        "ties": 4,
+        "mse": pytest.approx(0.25, abs=1e-3),
+    }
     assert "0 of 4 decided correctly, 4 of 4 ties" in out
     assert r["network"]["learned"] >= 1 and r["network"]["correct"] == 4
-    np.testing.assert_allclose(
-        r["network"]["prob"].ravel(), [0, 1, 1, 0], atol=0.05
-    )
+    np.testing.assert_allclose(r["network"]["prob"].ravel(), [0, 1, 1, 0], atol=0.05)
     assert wrote("xor.png")
 
 

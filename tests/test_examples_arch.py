@@ -74,9 +74,9 @@ def test_transformer(tmp_path):
 
 def test_transformer_trains_the_steps_it_reports():
     # --quick once reported 600 steps and trained 750 (three chunks of 250).
-    chunk_sizes = runpy.run_path(
-        str(EXAMPLES / "transformer.py"), run_name="example"
-    )["chunk_sizes"]
+    chunk_sizes = runpy.run_path(str(EXAMPLES / "transformer.py"), run_name="example")[
+        "chunk_sizes"
+    ]
     assert chunk_sizes(600, 250) == [250, 250, 100]
     assert chunk_sizes(500, 250) == [250, 250]
     assert chunk_sizes(250, 250) == [250]

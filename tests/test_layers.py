@@ -361,6 +361,7 @@ def test_checks_cost_nothing_under_jit():
 def test_numpy_scalar_options_are_accepted_as_python_numbers():
     assert L.Dense(np.int64(10)).name == "Dense(10)"
     assert L.Dropout(np.float32(0.5)).name == "Dropout(0.5)"
+    assert L.Dropout(np.float32(0.1)).name == "Dropout(0.1)"  # not 0.10000000149
     assert L.BatchNorm(np.float64(0.5)).name == "BatchNorm(momentum=0.5)"
     assert L.LeakyRelu(np.float32(0.25)).name == "LeakyRelu(alpha=0.25)"
     assert L.fan_out(np.int32(2)).name == "fan_out(2)"
@@ -563,3 +564,19 @@ def test_activation_layers_pass_a_none_cotangent_through():
     for layer in (L.Identity, L.Relu, L.Softmax):
         _, _, cache = layer.forward((), (), ids)
         assert layer.backward((), cache, None) == ((), None)
+
+
+def test_evaluate_refuses_another_model_s_parameters():
+    from fnn import losses, train
+
+    model = L.serial(L.Dense(4), L.BatchNorm(), L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    other = L.serial(L.Dense(4), L.BatchNorm(), L.Dense(1)).init(KEY, (2,))[1]
+    x, y = jnp.ones((5, 2)), jnp.zeros((5,), jnp.int32)
+    for p in (other, (params[0], params[1], {**params[2], "extra": params[2]["b"]})):
+        with pytest.raises(ShapeError, match=r"serial layer \[2\] Dense\(3\): params"):
+            train.evaluate(model, losses.softmax_cross_entropy, p, state, x, y)
+    bad_state = (state[0], {"mean": state[1]["mean"][:1], "var": state[1]["var"][:1]})
+    bad_state += state[2:]
+    with pytest.raises(ShapeError, match=r"BatchNorm\(\): state\['mean'\] has shape"):
+        train.evaluate(model, losses.softmax_cross_entropy, params, bad_state, x, y)

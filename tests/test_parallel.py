@@ -75,8 +75,16 @@ def _run_workers(n, out_dir, timeout=150):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-W", "error", str(WORKER), str(port), str(n), str(i),
-             str(out_dir / f"process{i}.npz")],
+            [
+                sys.executable,
+                "-W",
+                "error",
+                str(WORKER),
+                str(port),
+                str(n),
+                str(i),
+                str(out_dir / f"process{i}.npz"),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -98,7 +106,7 @@ def test_two_processes_match_one_process_with_batch_norm(tmp_path):
     """Each process feeds its half of the global batch; parameters, batch-norm
     statistics (global across processes) and losses equal one process
     training on the whole batch."""
-    for attempt in range(2):  # a second port if another program took the first
+    for _ in range(2):  # a second port if another program took the first
         codes, outputs = _run_workers(2, tmp_path)
         if codes == [0, 0] or "already in use" not in "".join(outputs):
             break

@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fnn import backprop
-from fnn.protocol import ShapeError
+from fnn import backprop, losses
 from fnn import layers as L
-from fnn import losses
+from fnn.protocol import ShapeError
 from fnn.recurrent import GRU, LSTM, SimpleRNN
 from fnn.sequence import LastStep
 

@@ -440,9 +440,10 @@ def test_fit_takes_an_int_seed_as_its_key():
     x, y = spirals()
     runs = [train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
                       state, (x, y), key=k, epochs=1, batch_size=128)
-            for k in (7, jax.random.key(7))]  # fmt: skip
-    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
-        np.testing.assert_array_equal(a, b)
+            for k in (7, jax.random.key(7), jax.random.PRNGKey(7))]  # fmt: skip
+    for run in runs[1:]:  # an int seed, a typed key and a legacy raw key agree
+        for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(run.params)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_evaluate_refuses_empty_data_and_takes_lists():
@@ -668,21 +669,23 @@ def test_off_a_terminal_one_line_per_epoch(capsys):
 
 
 PTY_SCRIPT = """
+import sys
 import jax, jax.numpy as jnp
 from fnn import data, losses, optim, train
 from fnn import layers as L
 (x, y), _ = data.spirals(800, classes=3)  # 640 to train on
 model = L.serial(L.Dense(8), L.Relu, L.Dense(3))
 _, params, state = model.init(jax.random.key(0), (2,))
-train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params, state,
-          (x, y), key=0, epochs=2, batch_size=32, validation_data=(x, y),
-          verbose=VERBOSE)
+for verbose in (True, False):
+    train.fit(model, losses.softmax_cross_entropy, optim.adam(1e-2), params, state,
+              (x, y), key=0, epochs=2, batch_size=32, validation_data=(x, y),
+              verbose=verbose)
+    print("--- end of fit", flush=True)
 """
 
 
 def _screen(raw: str) -> tuple[list[str], list[str]]:
-    """What an 80-column terminal shows, and every redraw written."""
-    raw = raw.replace("\r\n", "\n")
+    """What a terminal shows (its lines), and every redraw written."""
     lines, redraws = [], []
     for line in raw.split("\n"):
         shown = ""
@@ -693,8 +696,8 @@ def _screen(raw: str) -> tuple[list[str], list[str]]:
     return lines, redraws
 
 
-@pytest.mark.parametrize("verbose", [True, False])
-def test_progress_under_an_80_column_terminal(verbose):
+def _run_in_a_terminal(script: str, columns: int) -> str:
+    """Runs ``script`` with stdin, stdout and stderr on a pseudo-terminal."""
     import fcntl
     import os
     import pty
@@ -704,12 +707,10 @@ def test_progress_under_an_80_column_terminal(verbose):
     import termios
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PTY_SCRIPT.replace("VERBOSE", str(verbose))],
-        stdin=slave, stdout=slave, stderr=slave, env=env,
-    )  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=slave,
+                            stdout=slave, stderr=slave, env=env)  # fmt: skip
     os.close(slave)
     chunks = []
     while True:
@@ -721,38 +722,24 @@ def test_progress_under_an_80_column_terminal(verbose):
             break
         chunks.append(chunk)
     os.close(master)
-    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode()
-    raw = b"".join(chunks).decode()
-    lines, redraws = _screen(raw)
-    assert max(map(len, redraws)) <= 80, max(redraws, key=len)
-    for epoch in ("1", "2"):
-        shown = [s for s in lines if re.match(rf"epoch +{epoch}  train loss", s)]
-        assert len(shown) == 1, lines
-    assert "compiling" in raw  # said while the first epoch compiled
-    assert re.search(r"epoch 1/2 ([1-9]|1[0-9])/20 \[", raw)  # advanced mid-epoch
-    assert re.search(r"epoch 2/2 \d+/20 \[=*\.*\] .*steps/s ETA", raw)
+    raw = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert proc.wait(timeout=120) == 0, raw
+    return raw
 
 
-def test_regularizer_trains_alike_by_both_methods():
-    model = L.serial(L.Dense(8), L.Tanh, L.Dense(3))
-    x, y = spirals()
-    _, params, state = model.init(KEY, (2,))
-    reg = losses.penalty(l2=0.05)
-    loss = losses.softmax_cross_entropy
-    runs = [train.fit(model, loss, optim.sgd(0.1), params, state, (x, y), key=KEY,
-                      epochs=2, batch_size=64, method=m, regularizer=r)
-            for m, r in (("autodiff", reg), ("manual", reg), ("autodiff", None))]
-    autodiff, manual, plain = (jax.tree.leaves(r.params) for r in runs)
-    for a, b in zip(autodiff, manual):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert any(not np.allclose(a, b) for a, b in zip(autodiff, plain))
-    # make_step's loss is the data loss plus the penalty, before the update.
-    step = train.make_step(model, loss, optim.sgd(0.1), method="manual",
-                           regularizer=reg)  # fmt: skip
-    p, s = jax.tree.map(jnp.copy, (params, state))
-    expected = float(loss(model.apply(p, s, x[:64])[0], y[:64]) + reg(p))
-    *_, value = step(p, s, optim.sgd(0.1).init(p), x[:64], y[:64], KEY)
-    assert float(value) == pytest.approx(expected, rel=1e-5)
+def test_progress_under_an_80_column_terminal():
+    raw = _run_in_a_terminal(PTY_SCRIPT, 80)
+    runs = raw.split("--- end of fit\n")
+    assert len(runs) == 3 and runs[2] == "", raw
+    for run in runs[:2]:  # verbose=True, then verbose=False
+        lines, redraws = _screen(run)
+        assert max(map(len, redraws)) <= 80, max(redraws, key=len)
+        for epoch in ("1", "2"):  # each epoch's line shows once
+            shown = [s for s in lines if re.match(rf"epoch +{epoch}  train loss", s)]
+            assert len(shown) == 1, lines
+        assert "compiling" in run  # said while the first epoch compiled
+        assert re.search(r"epoch 1/2 ([1-9]|1[0-9])/20 \[", run)  # mid-epoch
+        assert re.search(r"epoch 2/2 \d+/20 \[=*\.*\] .*steps/s ETA", run)
 
 
 # --------------------------------------------------------------------------
@@ -802,3 +789,19 @@ def test_a_stream_is_checked_and_rolled_back_like_arrays():
     assert "non-finite loss" in result.stopped
     pred, _ = model.apply(result.params, result.state, x)
     assert _finite(result.params) and np.isfinite(float(losses.mse(pred, y)))
+
+
+def test_prefetch_puts_batches_on_the_device_ahead_of_their_step():
+    from fnn._stream import prefetch
+
+    pulled = []
+
+    def batches():
+        for i in range(5):
+            pulled.append(i)
+            yield np.full((2, 1), i, np.float32), np.zeros(2, np.int32)
+
+    for i, (host, (xb, _)) in enumerate(prefetch(batches(), size=2)):
+        assert isinstance(xb, jax.Array) and float(xb[0, 0]) == i
+        assert host[0][0, 0] == i
+        assert len(pulled) == min(5, i + 3)  # two more already transferred

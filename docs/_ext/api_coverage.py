@@ -27,13 +27,13 @@ def public_modules(package: str = "fnn") -> list[str]:
 
 
 def public_names(module) -> list[str]:
-    """A module's public names: its ``__all__``; or else, without one, the
+    """A module's public names: its ``__all__`` (less dunders); or else, without one, the
     names with no leading underscore bound to a function or class defined in
     the module (not imported), to an instance of a class defined in fnn (a
     layer such as ``Relu``, a loss such as ``mse``), or to an UPPER_CASE
     constant (a number, string or tuple)."""
-    if hasattr(module, "__all__"):
-        return list(module.__all__)
+    if hasattr(module, "__all__"):  # dunders (``__version__``) are not API
+        return [n for n in module.__all__ if not n.startswith("__")]
     names = []
     for name, value in vars(module).items():
         if name.startswith("_") or inspect.ismodule(value):

@@ -64,8 +64,10 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--blocks", default="0,1,4")
     a = p.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; depth {a.depth}, "
-          f"width {a.width}, batch {a.batch}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; depth {a.depth}, "
+        f"width {a.width}, batch {a.batch}"
+    )
     configs = [
         (method, int(block))
         for method in ("manual", "autodiff")
