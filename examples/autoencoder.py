@@ -1,4 +1,4 @@
-"""A dense autoencoder: digits squeezed through a 16-number bottleneck and back.
+"""An autoencoder: digits squeezed through a 16-number bottleneck and back.
 
 The encoder maps each image to a short code, the decoder maps the code back
 to an image; trained to reproduce its own input under the mean squared
@@ -7,13 +7,25 @@ error, the pair must learn what digits have in common::
     encoder: Flatten - Dense 128 - ReLU - Dense 16            (the code)
     decoder: Dense 128 - ReLU - Dense H*W - Sigmoid - Reshape (H, W, 1)
 
+``--model conv`` makes both halves convolutional (``H`` and ``W``
+divisible by 4)::
+
+    encoder: Conv 3x3x16 stride 2 - ReLU - Conv 3x3x32 stride 2 - ReLU
+             - Flatten - Dense 16
+    decoder: Dense (H/4)(W/4)32 - ReLU - Reshape (H/4, W/4, 32)
+             - ConvTranspose 3x3x16 stride 2 - ReLU      (H/2, W/2, 16)
+             - Upsample 2 - Conv 3x3x1 - Sigmoid          (H, W, 1)
+
+a transposed convolution and a nearest-neighbour upsampling followed by a
+convolution: the two ways back up to full size.
+
 The sigmoid keeps reconstructed pixels in [0, 1], like the inputs. The
 example checks the hand-written gradients (`fnn.backprop.check`), reports the
 reconstruction MSE on the test images before and after training (Adam), and
 saves a PNG with test inputs on the top row and their reconstructions below.
 
-Run: python examples/autoencoder.py [--dataset digits|mnist] [--code 16]
-         [--method manual] [--plot autoencoder.png] [--quick]
+Run: python examples/autoencoder.py [--dataset digits|mnist] [--model dense|conv]
+         [--code 16] [--method manual] [--plot autoencoder.png] [--quick]
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import optax
 from fnn import backprop, losses, optim, train
 from fnn import layers as L
 
-from _shared import finish, load_images, pyplot
+from _shared import finish, load_images, off_kinks, pyplot
 
 DEFAULTS = {  # dataset: (epochs, batch size, learning rate)
     "digits": (60, 64, 3e-3),
@@ -49,6 +61,25 @@ def autoencoder(image_shape, code: int = 16, hidden: int = 128):
         L.Dense(hidden), L.Relu, L.Dense(pixels), L.Sigmoid, L.Reshape(image_shape)
     )
     return encoder, decoder, L.serial(encoder, decoder)
+
+
+def conv_autoencoder(image_shape, code: int = 16):
+    """The convolutional pair, for images ``(H, W, 1)`` with ``H, W`` divisible by 4."""
+    h, w = image_shape[0] // 4, image_shape[1] // 4
+    encoder = L.serial(
+        L.Conv(16, (3, 3), strides=2), L.Relu,
+        L.Conv(32, (3, 3), strides=2), L.Relu,
+        L.Flatten(), L.Dense(code),
+    )  # fmt: skip
+    decoder = L.serial(
+        L.Dense(h * w * 32), L.Relu, L.Reshape((h, w, 32)),
+        L.ConvTranspose(16, (3, 3), strides=2), L.Relu,
+        L.Upsample(2), L.Conv(1, (3, 3)), L.Sigmoid,
+    )  # fmt: skip
+    return encoder, decoder, L.serial(encoder, decoder)
+
+
+MODELS = {"dense": autoencoder, "conv": conv_autoencoder}
 
 
 def reconstruction_mse(model, params, state, x) -> float:
@@ -75,6 +106,7 @@ def plot(x, out, path, title, n=10):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits")
+    parser.add_argument("--model", choices=sorted(MODELS), default="dense")
     parser.add_argument("--code", type=int, default=16, help="bottleneck size")
     parser.add_argument("--method", choices=backprop.METHODS, default="autodiff")
     parser.add_argument("--epochs", type=int)
@@ -98,7 +130,7 @@ def main(argv=None):
         f"of shape {image_shape}, code of {args.code}"
     )
 
-    _, _, model = autoencoder(image_shape, args.code)
+    _, _, model = MODELS[args.model](image_shape, args.code)
     init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
     _, params, state = jax.jit(model.init, static_argnums=1)(init_key, image_shape)
     print(L.summary(model, image_shape))
@@ -107,7 +139,7 @@ def main(argv=None):
     report = backprop.check(
         model,
         loss,
-        params,
+        off_kinks(params, check_key) if args.model == "conv" else params,
         state,
         x_train[:8],
         x_train[:8],

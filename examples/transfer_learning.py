@@ -3,11 +3,12 @@
 1. Task A: a small CNN learns the digits 0-4 from all their training images.
    Its parameters are saved with `fnn.checkpoint.save`.
 2. Task B: the digits 5-9, from only ``--shots`` training images per class.
-   A new model of the same body and a fresh 5-way head loads the trained
-   body from the checkpoint (`fnn.checkpoint.load` with ``prefix`` and
-   ``strict=False``: part of a checkpoint into part of a model), and trains
-   the head alone: `fnn.optim.freeze` gives the body's parameters exactly
-   zero updates and keeps no Adam moments for them.
+   A new model, the same network with a fresh 5-way output layer, loads
+   everything else from the checkpoint (`fnn.checkpoint.load` with
+   ``prefix`` and ``strict=False``: part of a checkpoint into part of a
+   model). Its convolutional body stays frozen: `fnn.optim.freeze` gives
+   those parameters exactly zero updates and keeps no Adam moments for
+   them; the dense layers on top train.
 3. The same model trained from scratch on the same few images, for
    comparison.
 4. Fine-tuning: starting from (2), everything trains, at a tenth of the
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 
 from fnn import backprop, checkpoint, data, losses, optim, train
 from fnn import layers as L
@@ -38,15 +38,19 @@ LR = 3e-3
 
 
 def body() -> list[L.Layer]:
-    """The feature extractor shared by both tasks: ``(8, 8, 1) -> (64,)``."""
+    """The convolutional feature extractor: ``(8, 8, 1) -> (512,)``."""
     return [
         L.Conv(16, (3, 3)), L.Relu, L.MaxPool((2, 2)),
-        L.Conv(32, (3, 3)), L.Relu, L.Flatten(), L.Dense(64), L.Relu,
+        L.Conv(32, (3, 3)), L.Relu, L.Flatten(),
     ]  # fmt: skip
 
 
+FROZEN = len(body())  # layers 0 .. FROZEN - 1 stay frozen on task B
+
+
 def model_with_head(classes: int) -> L.Layer:
-    return L.serial(*body(), L.Dense(classes))
+    """The body, then ``Dense(64) - ReLU - Dense(classes)``."""
+    return L.serial(*body(), L.Dense(64), L.Relu, L.Dense(classes))
 
 
 def task(x, y, digits):
@@ -91,7 +95,7 @@ def plot(curves, path, title):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shots", type=int, default=10, help="images per class")
+    parser.add_argument("--shots", type=int, default=5, help="images per class")
     parser.add_argument("--epochs", type=int, default=15, help="on task A")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -100,7 +104,7 @@ def main(argv=None):
     parser.add_argument("--plot", default="transfer_learning.png", help="PNG path")
     args = parser.parse_args(argv)
     epochs_a = 5 if args.quick else args.epochs
-    epochs_b = 40 if args.quick else 100  # few examples: many short epochs
+    epochs_b = 40 if args.quick else 100  # few examples: many one-step epochs
     keys = jax.random.split(jax.random.key(args.seed), 6)
 
     (x_train, y_train), (x_test, y_test) = data.digits()
@@ -129,7 +133,9 @@ def main(argv=None):
     print(report)
     if not report.ok:
         raise SystemExit("gradient check failed: manual and autodiff disagree")
-    result_a = fit(model_a, optim.adam(LR), params, state, (xa, ya), keys[1], epochs_a, 64)
+    result_a = fit(
+        model_a, optim.adam(LR), params, state, (xa, ya), keys[1], epochs_a, 64
+    )
     acc_a = accuracy(model_a, result_a.params, result_a.state, xa_test, ya_test)
     print(f"1. task A after {epochs_a} epochs: test accuracy {acc_a:.4f} on digits 0-4")
 
@@ -137,7 +143,7 @@ def main(argv=None):
         path = Path(folder) / "task_a.fnn"
         checkpoint.save(path, (result_a.params, result_a.state))
 
-        # 2. Task B: the saved body, a new head; only the head trains.
+        # 2. Task B: all but the output layer from task A; the body frozen.
         model_b = model_with_head(5)
         _, params_b, state_b = model_b.init(keys[2], x_train.shape[1:])
         head = len(params_b) - 1
@@ -145,14 +151,17 @@ def main(argv=None):
         body_state = checkpoint.load(path, state_b[:head], prefix="[1]", strict=False)
     start_params = (*body_params, params_b[head])
     start_state = (*body_state, state_b[head])
-    trainable = tuple(i == head for i in range(len(params_b)))
+    trainable = tuple(i >= FROZEN for i in range(len(params_b)))
     frozen = fit(
         model_b, optim.freeze(optim.adam(LR), trainable), start_params, start_state,
         (xb, yb), keys[3], epochs_b, 10,
     )  # fmt: skip
     unchanged = all(
         np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(frozen.params[:head]), jax.tree.leaves(body_params))
+        for a, b in zip(
+            jax.tree.leaves(frozen.params[:FROZEN]),
+            jax.tree.leaves(body_params[:FROZEN]),
+        )
     )
 
     # 3. The same model from scratch on the same few images.
@@ -166,11 +175,11 @@ def main(argv=None):
         epochs_b, 10,
     )  # fmt: skip
 
+    runs = {"frozen body": frozen, "from scratch": scratch, "fine-tuned": tuned}
     results = {
-        "frozen body, new head": accuracy(model_b, frozen.params, frozen.state, xb_test, yb_test),
-        "from scratch": accuracy(model_b, scratch.params, scratch.state, xb_test, yb_test),
-        "fine-tuned": accuracy(model_b, tuned.params, tuned.state, xb_test, yb_test),
-    }  # fmt: skip
+        label: accuracy(model_b, r.params, r.state, xb_test, yb_test)
+        for label, r in runs.items()
+    }
     print(
         f"\ntask B from {len(xb)} images ({epochs_b} epochs each), test accuracy "
         f"on {len(xb_test)} images of digits 5-9:"
@@ -180,7 +189,7 @@ def main(argv=None):
     print(f"the frozen body's parameters stayed bit for bit the same: {unchanged}")
     plot(
         {
-            "frozen body, new head": frozen.history["train_loss"],
+            "frozen body": frozen.history["train_loss"],
             "from scratch": scratch.history["train_loss"],
             "fine-tuning (after frozen)": tuned.history["train_loss"],
         },

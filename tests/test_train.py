@@ -577,7 +577,7 @@ def test_reduce_on_plateau_gets_the_loss_inside_fit():
 
 
 def test_augment_touches_training_batches_only():
-    traced, calls = [], []
+    traced = []
 
     def aug(key, xb):
         traced.append(xb.shape)
@@ -597,7 +597,6 @@ def test_augment_touches_training_batches_only():
     val = train.evaluate(model, losses.softmax_cross_entropy, augmented.params,
                          augmented.state, x[:50], y[:50])  # fmt: skip
     assert val["loss"] == pytest.approx(augmented.history["val_loss"][-1], rel=1e-6)
-    del calls
 
 
 # --------------------------------------------------------------------------

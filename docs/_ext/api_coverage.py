@@ -15,7 +15,6 @@ import inspect
 import pkgutil
 
 
-
 def public_modules(package: str = "fnn") -> list[str]:
     """Names of ``package``'s public submodules, importable ones only."""
     pkg = importlib.import_module(package)
@@ -27,11 +26,14 @@ def public_modules(package: str = "fnn") -> list[str]:
 
 
 def public_names(module) -> list[str]:
-    """A module's public names: its ``__all__`` (less dunders); or else, without one, the
-    names with no leading underscore bound to a function or class defined in
-    the module (not imported), to an instance of a class defined in fnn (a
-    layer such as ``Relu``, a loss such as ``mse``), or to an UPPER_CASE
-    constant (a number, string or tuple)."""
+    """A module's public names.
+
+    Its ``__all__`` less dunders (``__version__`` is not API); or else, without
+    one, the names with no leading underscore bound to a function or class
+    defined in the module (not imported), to an instance of a class defined
+    in fnn (a layer such as ``Relu``, a loss such as ``mse``), or to an
+    UPPER_CASE constant (a number, string or tuple).
+    """
     if hasattr(module, "__all__"):  # dunders (``__version__``) are not API
         return [n for n in module.__all__ if not n.startswith("__")]
     names = []
@@ -53,6 +55,9 @@ def is_routine_or_class(value) -> bool:
     return inspect.isroutine(value) or inspect.isclass(value)
 
 
+_MISSING = object()
+
+
 def _resolve(fullname: str):
     """The object a dotted name documents, or a sentinel if unimportable."""
     parts = fullname.split(".")
@@ -68,9 +73,6 @@ def _resolve(fullname: str):
             return _MISSING
         return obj
     return _MISSING
-
-
-_MISSING = object()
 
 
 def missing_names(documented: set[str], package: str = "fnn") -> list[str]:
