@@ -11,7 +11,15 @@ backend decides, and times both side by side, interleaved, in one process:
   (what ``method="autodiff"`` runs);
 - per max pool (2x2 on 28x28x32 and 14x14x64): the same three;
 - the whole training step, ``fnn.train.make_step``, with both methods, and
-  PyTorch's eager step when torch is installed.
+  PyTorch's eager step (NCHW-contiguous and ``channels_last``, each in a
+  worker process of its own, ``benchmarks/worker.py``) when torch is
+  installed;
+- a 1024 x 1024 float32 matmul (the probe), timed in the same rounds.
+
+Beside each time: the piece's matmul/conv FLOPs (``2 N prod(out) |K| C F``
+per conv product; pooling has none) as GFLOP/s and as a share of the
+probe's rate, so the gap of each piece to the machine's matmul speed has a
+number.
 
 Usage (from the repository root)::
 
@@ -107,14 +115,35 @@ def step_pieces(forced):
     return out
 
 
-def torch_step():
-    from benchmarks import workloads
-    from benchmarks.contenders import Unavailable, builder
+def torch_steps():
+    """PyTorch's CNN steps, each contender in a worker process of its own:
+    ``{label: RemoteStep}`` (empty without torch) and the workers."""
+    from benchmarks.worker import RemoteStep, Worker
 
-    try:
-        return builder("torch")(workloads.WORKLOADS["cnn"])
-    except Unavailable:
-        return None
+    steps, workers = {}, []
+    for contender, label in (
+        ("torch", "PyTorch eager (NCHW-contiguous)"),
+        ("torch-channels-last", "PyTorch eager (channels_last)"),
+    ):
+        worker = Worker()
+        workers.append(worker)
+        reply = worker.ask(op="build", workload="cnn", contender=contender)
+        if "skip" not in reply:
+            steps[label] = RemoteStep(worker, contender)
+    return steps, workers
+
+
+def piece_flops(group, piece):
+    """Matmul/conv FLOPs of one timed piece (0 for pooling)."""
+    from benchmarks import workloads
+
+    if group == "CNN training step":
+        return workloads.WORKLOADS["cnn"].step_flops()
+    for (h, w, c), f in CONVS:
+        if group == f"Conv {h}x{w}x{c}->{f}":
+            product = 2 * BATCH * h * w * 9 * c * f  # 3x3 SAME, stride 1
+            return 2 * product if piece.startswith("vjp") else product
+    return 0
 
 
 def main(argv=None):
@@ -146,25 +175,40 @@ def main(argv=None):
             timed["CNN training step", piece, column] = call
             if column == "native":
                 rows.append(("CNN training step", piece))
-    torch = torch_step()
-    if torch is not None:
-        timed["CNN training step", "PyTorch eager", "native"] = torch
-        rows.append(("CNN training step", "PyTorch eager"))
+    torch, workers = torch_steps()
+    for label, step in torch.items():
+        timed["CNN training step", label, "native"] = step
+        rows.append(("CNN training step", label))
+    timed["probe", "matmul 1024", "native"] = harness.matmul_probe(1024)
 
     names = {key: " / ".join(key) for key in timed}
-    per_round = harness.interleaved(
-        {names[key]: call for key, call in timed.items()},
-        rounds=args.rounds,
-        steps=args.steps,
-    )
+    try:
+        per_round = harness.interleaved(
+            {names[key]: call for key, call in timed.items()},
+            rounds=args.rounds,
+            steps=args.steps,
+        )
+    finally:
+        for worker in workers:
+            worker.close()
     ms = {
         key: 1e3 * harness.median([t for r in per_round[names[key]] for t in r])
         for key in timed
     }
 
+    import os
+
+    probe = 2 * 1024**3 / ms["probe", "matmul 1024", "native"] / 1e6  # GFLOP/s
     print(f"backend {jax.default_backend()}, allocator {allocator.describe()}")
     print(f"median ms of {args.rounds} x {args.steps} interleaved calls, batch {BATCH}")
-    print(f"{'':44s} {'XLA native':>10s} {'fnn picks':>10s}")
+    print(
+        f"matmul probe (1024^3, same rounds): {probe:.1f} GFLOP/s; load average "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
+    print(
+        f"{'':44s} {'XLA native':>10s} {'fnn picks':>10s} {'':6s} "
+        f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'% mm':>5s}"
+    )
     last = None
     for group, piece in rows:
         if group != last:
@@ -172,8 +216,16 @@ def main(argv=None):
             last = group
         a = ms[group, piece, "native"]
         b = ms.get((group, piece, "chosen"))
-        shown = f"{b:10.2f}  x{a / b:.2f}" if b is not None else ""
+        shown = f"{b:10.2f}  x{a / b:4.2f}" if b is not None else f"{'':17s}"
+        flops = piece_flops(group, piece)
+        if flops:
+            rate = flops / (b if b is not None else a) / 1e6
+            shown += f" {flops / 1e9:6.3f} {rate:8.1f} {rate / probe:5.0%}"
         print(f"  {piece:42s} {a:10.2f} {shown}")
+    print(
+        "GFLOP/s and % mm: of the time in the 'fnn picks' column (PyTorch: "
+        "its own), against the probe's rate."
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ Usage (from the repository root)::
     python benchmarks/run.py --workloads cnn --frameworks fnn,jax,torch-channels-last
     python benchmarks/run.py --steps 20 --rounds 9 --json results.json
     python benchmarks/run.py --list                # workloads, FLOP formulas
+    python benchmarks/run.py --first-step --frameworks fnn,jax --rounds 5
+
+``--first-step`` times what a user waits for before training starts
+instead of the steady step: for every workload and contender, in a fresh
+process each time (rounds interleaved), the import of its library, its
+``init`` (model, optimizer state, batch on the device) and its first step
+(trace, compile, run); the target is fnn's init + first step within
+``FIRST_STEP_VS_JAX`` of plain JAX's.
 
 ``--frameworks`` takes contender names (``fnn-autodiff``, ``flax-nnx-split``)
 or groups: ``fnn``, ``jax``, ``flax`` (linen and every NNX variant),
@@ -65,6 +73,8 @@ LARGE_PEAK_SHARE = 0.90
 PROBE = "matmul-probe"
 PROBE_N = 1024
 PROBED_WORKLOADS = ("large", "cnn")
+# Time to first step (init + first call): fnn within 10% of plain JAX's.
+FIRST_STEP_VS_JAX = 1.10
 
 
 def parse_args(argv=None):
@@ -103,6 +113,13 @@ def parse_args(argv=None):
         choices=("auto", "system"),
         default="auto",
         help="auto: re-exec under tcmalloc or tuned glibc; system: as is",
+    )
+    p.add_argument(
+        "--first-step",
+        action="store_true",
+        help="time import, init and the first step of each contender, each "
+        "in a fresh process, instead of the steady step (--rounds: fresh "
+        "processes per contender, default 3)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     p.add_argument(
@@ -399,6 +416,151 @@ def print_report(env, peak, rows, skipped, targets, workloads):
         print(f"  [{verdict:<5}] {label}: {detail}")
 
 
+FIRST_COLUMNS = ("import", "init", "first", "second")
+
+
+def measure_first_steps(workloads, names, rounds):
+    """Seconds of import, init, first and second step per (workload,
+    contender), one fresh worker process per measurement, rounds
+    interleaved (the contenders' order rotating): ``(rows, skipped)``."""
+    from benchmarks import harness
+    from benchmarks.worker import Worker
+
+    times, skipped = {}, {}
+    for r in range(rounds):
+        for w in workloads:
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for c in order:
+                if (w.name, c) in skipped:
+                    continue
+                worker = Worker()
+                try:
+                    reply = worker.ask(op="first", workload=w.name, contender=c)
+                finally:
+                    worker.close()
+                if "skip" in reply:
+                    skipped[(w.name, c)] = reply["skip"]
+                    note(f"  {w.name}: skipping {c}: {reply['skip']}")
+                    continue
+                times.setdefault((w.name, c), []).append(reply)
+            note(f"{w.name}: round {r + 1}/{rounds}")
+    rows = []
+    for (w, c), replies in times.items():
+        row = {"workload": w, "contender": c, "runs": len(replies)}
+        for col in FIRST_COLUMNS:
+            row[col] = harness.median([x[col] for x in replies])
+        row["to_first_step"] = harness.median(
+            [x["init"] + x["first"] for x in replies]
+        )
+        row["all"] = [dict(x) for x in replies]
+        rows.append(row)
+    floors = {r["workload"]: r for r in rows if r["contender"] == "jax"}
+    for row in rows:
+        floor = floors.get(row["workload"])
+        row["ratio_to_jax"] = (
+            row["to_first_step"] / floor["to_first_step"] if floor else None
+        )
+    skipped = [
+        {"workload": w, "contender": c, "reason": why}
+        for (w, c), why in skipped.items()
+    ]
+    return rows, skipped
+
+
+def first_step_targets(rows):
+    """fnn's init + first step within ``FIRST_STEP_VS_JAX`` of plain JAX's."""
+    by = {(r["workload"], r["contender"]): r for r in rows}
+    out = []
+    for w in dict.fromkeys(r["workload"] for r in rows):
+        for c in ("fnn-autodiff", "fnn-manual"):
+            label = f"{w}: {c} init + first step <= {FIRST_STEP_VS_JAX}x jax"
+            mine, floor = by.get((w, c)), by.get((w, "jax"))
+            if mine is None or floor is None:
+                out.append((label, None, "not measured"))
+                continue
+            q = mine["to_first_step"] / floor["to_first_step"]
+            out.append(
+                (
+                    label,
+                    q <= FIRST_STEP_VS_JAX,
+                    f"{q:.2f}x ({mine['to_first_step']:.2f} / "
+                    f"{floor['to_first_step']:.2f} s)",
+                )
+            )
+    return out
+
+
+def first_step_main(args, workloads, names):
+    """``--first-step``: the time-to-first-step table and its targets."""
+    import json
+    import os
+
+    rounds = args.rounds or 3
+    load_start = os.getloadavg()
+    rows, skipped = measure_first_steps(workloads, names, rounds)
+    load_end = os.getloadavg()
+    targets = first_step_targets(rows)
+    print("fnn time-to-first-step benchmark (each contender in a fresh process)")
+    print(f"  allocator: {allocator.describe()}")
+    print(
+        "  load average (1, 5, 15 min) at start: "
+        + ", ".join(f"{x:.2f}" for x in load_start)
+        + "; at end: "
+        + ", ".join(f"{x:.2f}" for x in load_end)
+    )
+    head = (
+        f"{'workload':<15} {'contender':<20} {'import s':>9} {'init s':>8} "
+        f"{'first s':>8} {'init+1st':>9} {'vs jax':>7} {'2nd ms':>8}"
+    )
+    print()
+    print(head)
+    print("-" * len(head))
+    for i, r in enumerate(rows):
+        if i and r["workload"] != rows[i - 1]["workload"]:
+            print()
+        ratio = f"{r['ratio_to_jax']:.2f}" if r["ratio_to_jax"] else "-"
+        print(
+            f"{r['workload']:<15} {r['contender']:<20} {r['import']:>9.2f} "
+            f"{r['init']:>8.3f} {r['first']:>8.3f} {r['to_first_step']:>9.3f} "
+            f"{ratio:>7} {r['second'] * 1e3:>8.2f}"
+        )
+    print()
+    print(
+        f"medians of {rounds} fresh processes per contender. import: its "
+        "module and library; init: building the model, the optimizer state "
+        "and the batch on the device (the backend already started); first: "
+        "the first step, traced, compiled and run; init+1st: the median of "
+        "their sums; vs jax: that over plain JAX's; 2nd ms: the second step."
+    )
+    if skipped:
+        print("skipped:")
+        for s in skipped:
+            print(f"  {s['workload']} / {s['contender']}: {s['reason']}")
+    print()
+    print("targets:")
+    for label, holds, detail in targets:
+        verdict = {True: "HOLDS", False: "FAILS", None: "n/a"}[holds]
+        print(f"  [{verdict:<5}] {label}: {detail}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "allocator": allocator.describe(),
+                    "load_average_at_start": load_start,
+                    "load_average_at_end": load_end,
+                    "first_step": rows,
+                    "skipped": skipped,
+                    "targets": [
+                        {"target": t, "holds": h, "detail": d} for t, h, d in targets
+                    ],
+                },
+                f,
+                indent=1,
+            )
+        note(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     allocator.ensure(args.allocator)
@@ -414,6 +576,9 @@ def main(argv=None):
 
     import json
     import os
+
+    if args.first_step:
+        return first_step_main(args, workloads, names)
 
     from benchmarks import harness
 

@@ -15,7 +15,15 @@ contenders print goes to stderr):
   warms the step: ``{"warm": seconds}`` or ``{"skip": reason}``;
 - ``{"op": "time", "contender": c, "steps": n}`` runs one untimed and
   ``n`` timed blocked steps, garbage collection off: ``{"times": [...]}``;
-- ``{"op": "drop"}`` forgets every built step: ``{}``.
+- ``{"op": "drop"}`` forgets every built step: ``{}``;
+- ``{"op": "first", "workload": w, "contender": c}``, sent to a fresh
+  worker, times what a user waits for before training starts:
+  ``{"import": s, "init": s, "first": s, "second": s}`` (or ``{"skip":
+  reason}``): importing the contender's module (its library), building the
+  model and optimizer state (the builder: parameters, optimizer state,
+  the batch on the device), the first step (trace, compile, run, blocked
+  on) and, for scale, the second. The backend is started (one tiny op)
+  before ``init`` is timed, so that no contender pays for it there.
 
 JAX is imported only by the contenders that use it, so the PyTorch worker
 runs without an XLA client.
@@ -62,6 +70,8 @@ def handle(cmd: dict, steps: dict) -> dict:
     from benchmarks.workloads import WORKLOADS
 
     op = cmd["op"]
+    if op == "first":
+        return first_step(cmd["workload"], cmd["contender"])
     if op == "build":
         name = cmd["contender"]
         try:
@@ -86,6 +96,65 @@ def handle(cmd: dict, steps: dict) -> dict:
         gc.collect()
         return {}
     raise ValueError(f"unknown op {op!r}")
+
+
+def _start_backend():
+    """Starts the array library already imported (the XLA client, or
+    PyTorch's thread pool) with one tiny op, outside the timed ``init``."""
+    if "jax" in sys.modules:
+        jax = sys.modules["jax"]
+        jax.block_until_ready(jax.numpy.zeros(()) + 1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].zeros(1).add_(1)
+
+
+def first_step(workload: str, contender: str) -> dict:
+    """Seconds to import, build (``init``), and run the first and second
+    steps of one contender, in this (fresh) process."""
+    from benchmarks.contenders import Unavailable, builder
+    from benchmarks.workloads import WORKLOADS
+
+    clock = time.perf_counter
+    try:
+        tic = clock()
+        build = builder(contender)
+        imported = clock() - tic
+        _start_backend()
+        tic = clock()
+        step = build(WORKLOADS[workload])
+        _block(jax_leaves_of(step))
+        init = clock() - tic
+        tic = clock()
+        _block(step())
+        first = clock() - tic
+        tic = clock()
+        _block(step())
+        second = clock() - tic
+    except Unavailable as e:
+        return {"skip": str(e)}
+    except Exception as e:  # a broken contender must not sink the others
+        return {"skip": f"failed: {type(e).__name__}: {e}"}
+    return {"import": imported, "init": init, "first": first, "second": second}
+
+
+def jax_leaves_of(step):
+    """The arrays a built step closes over (its parameters and state), so
+    that ``init`` is timed until they exist, not merely until dispatched."""
+    cells = getattr(step, "__closure__", None) or ()
+    out = []
+    for cell in cells:
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return None
+    return [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(out)
+        if isinstance(leaf, jax.Array)
+    ]
 
 
 class Worker:

@@ -1,8 +1,9 @@
 """Plumbing shared by the examples: matplotlib, figures, loading images, and
 the point at which a ReLU network's gradient is checked.
 
-The models, their training and what each example shows stay in the example. Run as ``python examples/NAME.py``,
-an example finds this module because its own folder is on ``sys.path``.
+The models, their training and what each example shows stay in the
+example. Run as ``python examples/NAME.py``, an example finds this module
+because its own folder is on ``sys.path``.
 """
 
 from __future__ import annotations

@@ -98,7 +98,9 @@ def main(argv=None):
 
     model = resnet(stages, blocks)
     init_key, check_key, fit_key = jax.random.split(jax.random.key(args.seed), 3)
-    _, params, state = jax.jit(model.init, static_argnums=1)(init_key, x_train.shape[1:])
+    _, params, state = jax.jit(model.init, static_argnums=1)(
+        init_key, x_train.shape[1:]
+    )
     print(L.summary(model, x_train.shape[1:]))
     loss = losses.softmax_cross_entropy
     report = backprop.check(

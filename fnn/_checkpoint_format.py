@@ -100,7 +100,7 @@ def encode_leaf(path: str, leaf) -> tuple[dict, np.ndarray]:
             f"checkpoint.save: leaf {path} is a tracer; call save outside jit/grad"
         )
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        data = np.asarray(jax.random.key_data(leaf))
+        data = host_value(path, leaf, jax.random.key_data)
         record = {
             "kind": "key",
             "dtype": str(dtype),
@@ -115,12 +115,54 @@ def encode_leaf(path: str, leaf) -> tuple[dict, np.ndarray]:
             f"checkpoint.save: leaf {path} is a {type(leaf).__name__}; leaves must "
             "be arrays, typed PRNG keys or Python bool/int/float"
         )
-    data = np.asarray(leaf)
+    data = host_value(path, leaf, lambda a: a)
     if data.dtype.name not in DTYPES:
         raise TypeError(
             f"checkpoint.save: leaf {path} has unsupported dtype {data.dtype}"
         )
     return {"kind": "array", "dtype": data.dtype.name, "shape": list(data.shape)}, data
+
+
+def _block(index: tuple, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """A shard's index as ``(start, stop)`` per axis of ``shape`` (a key
+    array's shards are also indexed along the trailing axis of its data)."""
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
+def host_value(path: str, leaf, to_data) -> np.ndarray:
+    """``np.asarray(to_data(leaf))``, with no transfer between processes.
+
+    An array that spans several processes (``jax.distributed``) is assembled
+    from the shards this process holds, when they cover it (a replicated
+    array: one local copy); ``to_data`` (e.g. ``jax.random.key_data``) runs
+    on each local shard alone.
+
+    Raises:
+      ValueError: the array is split across processes, so this process
+        holds only part of it, naming ``path``; nothing is gathered.
+    """
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return np.asarray(to_data(leaf))
+    blocks = {}  # distinct shards: copies of one block count once
+    for shard in leaf.addressable_shards:
+        blocks.setdefault(_block(shard.index, leaf.shape), shard)
+    held = sum(math.prod(b - a for a, b in block) for block in blocks)
+    if not blocks or held < math.prod(leaf.shape):
+        raise ValueError(
+            f"checkpoint.save: leaf {path} is split across processes "
+            f"({leaf.sharding}); process {jax.process_index()} holds {held} of "
+            f"its {math.prod(leaf.shape)} elements. save writes whole arrays "
+            "from one process: replicate it (jax.device_put with a "
+            "NamedSharding(mesh, PartitionSpec())) or gather it on every process "
+            "(jax.experimental.multihost_utils.process_allgather(a, tiled=True)) "
+            "first"
+        )
+    parts = {b: np.asarray(to_data(s.data)) for b, s in blocks.items()}
+    first = next(iter(parts.values()))
+    out = np.empty(leaf.shape + first.shape[leaf.ndim :], first.dtype)
+    for block, part in parts.items():
+        out[tuple(slice(a, b) for a, b in block)] = part
+    return out
 
 
 def little_endian(data: np.ndarray) -> np.ndarray:
@@ -315,8 +357,16 @@ def validate_header(header, version: int, payload_len: int) -> None:
         )
 
 
-def decode_leaf(record: dict, payload: memoryview):
+def decode_leaf(record: dict, payload: memoryview, sharding=None):
     """The value of a validated record.
+
+    Args:
+      record: a leaf's validated header record.
+      payload: the checkpoint's payload bytes.
+      sharding: for an array or key record, a ``jax.sharding.Sharding`` to
+        place it with: each of this process's devices receives only its
+        slice (``jax.make_array_from_callback``); nothing crosses processes.
+        ``None``: the default device.
 
     Returns:
       A Python scalar for bool/int/float records; a typed key array for keys;
@@ -328,12 +378,20 @@ def decode_leaf(record: dict, payload: memoryview):
     native = jnp.dtype(data_dtype)
     stored = native if np.little_endian else native.newbyteorder("<")
     count = math.prod(data_shape)
-    data = np.frombuffer(payload, stored, count, record["offset"])
-    data = data.reshape(data_shape).astype(native)  # a copy: the buffer is freed
-    if kind == "key":
-        return jax.random.wrap_key_data(data, impl=record["impl"])
+    view = np.frombuffer(payload, stored, count, record["offset"]).reshape(data_shape)
+
+    def value(index=()):  # a copy: the payload's buffer is freed after load
+        data = np.array(view[index], dtype=native)
+        if kind == "key":
+            return jax.random.wrap_key_data(data, impl=record["impl"])
+        return data
+
     if kind in SCALAR_DTYPES:
-        return {"bool": bool, "int": int, "float": float}[kind](data.item())
-    if jax.dtypes.canonicalize_dtype(native) != native:
-        return data  # e.g. int64 with x64 off: jnp.asarray would narrow it
-    return jnp.asarray(data)
+        return {"bool": bool, "int": int, "float": float}[kind](value().item())
+    if kind == "array" and jax.dtypes.canonicalize_dtype(native) != native:
+        return value()  # e.g. int64 with x64 off: jnp.asarray would narrow it
+    if sharding is not None:
+        shape = tuple(record["shape"])
+        dtype = None if kind == "key" else native
+        return jax.make_array_from_callback(shape, sharding, value, dtype=dtype)
+    return value() if kind == "key" else jnp.asarray(value())

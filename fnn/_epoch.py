@@ -192,25 +192,24 @@ def _after(epoch, step) -> str:
     return f"after epoch {epoch}, step {step}"
 
 
-def diverged(segments: list[Segment], best) -> tuple[Any, str]:
+def diverged(segments: list[Segment], best, what="monitored loss") -> tuple[Any, str]:
     """The carry ``fit`` returns after a non-finite loss, and its message.
 
     Args:
       segments: as for :func:`rollback`.
       best: ``(carry, epoch, monitored loss)`` of the best epoch so far when
         ``fit`` has ``patience``, else ``None``.
+      what: the monitored loss's name, e.g. ``"validation loss"``.
     """
     last = segments[-1]
     bad = int(np.argmin(np.isfinite(last.losses)))
-    head = (
-        f"non-finite loss {last.losses[bad]} at epoch {last.epoch}, step "
-        f"{last.start + bad + 1}"
-    )
+    step = last.start + bad + 1
+    head = f"non-finite loss {last.losses[bad]} at epoch {last.epoch}, step {step}"
     if best is not None:
         carry, epoch, monitored = best
         return carry, (
-            f"{head}; returning the parameters, state and optimizer state of "
-            f"epoch {epoch}, the best (monitored loss {monitored:.6g})"
+            f"{head}; returning the parameters, state and optimizer state after "
+            f"epoch {epoch}, the best ({what} {monitored:.6g})"
         )
     carry, point = rollback(segments)
     if point is None:
@@ -218,11 +217,12 @@ def diverged(segments: list[Segment], best) -> tuple[Any, str]:
             f"{head}: the parameters fit started from already give a non-finite "
             f"loss; returning them unchanged"
         )
-    epoch, step, value = point
+    epoch, point_step, value = point
     return carry, (
-        f"{head} (computed from the parameters after the step before); "
+        f"{head}, computed from the parameters {_after(last.epoch, step - 1)}; "
         f"returning the parameters, state and optimizer state "
-        f"{_after(epoch, step)}, the last whose loss was finite ({value:.6g})"
+        f"{_after(epoch, point_step)}, the last point whose own loss was finite "
+        f"({value:.6g})"
     )
 
 
@@ -255,11 +255,16 @@ class InMemory:
       step: the pure training step.
       scan: run epochs as one compiled loop (else a loop of jitted steps).
       augment: ``aug(key, xb)`` for training batches, or ``None``.
+
+    Attributes:
+      probe: the batch ``fit(..., diagnostics=True)`` looks at: the first
+        ``batch_size`` examples.
     """
 
     def __init__(self, x, y, key, batch_size, step, scan, augment):
         self.x, self.y, self.key, self.batch_size = x, y, key, batch_size
         self.num_steps = len(x) // batch_size
+        self.probe = (x[:batch_size], y[:batch_size])
         self.seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
         self.run = (scanned if scan else looped)(step, augment)
         self.segments: list[Segment] = []

@@ -4,6 +4,8 @@ Each takes concrete Python or NumPy values and either returns them in the
 form the training loop wants or raises an error that names the argument,
 the value at fault and the fix. None of them runs inside a step: the
 compiled programs stay exactly what they would be without them.
+:func:`sources` runs them all on ``fit``'s data and builds its training
+source (arrays in memory, or a stream of batches).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _epoch, _stream
 from fnn.protocol import Layer
 
 
@@ -211,3 +214,52 @@ def batch_checker(model: Layer, loss, params, state):
         return y
 
     return check
+
+
+def is_arrays(data) -> bool:
+    """``(x, y)`` arrays, rather than a stream of ``(x, y)`` batches."""
+    return isinstance(data, tuple | list) and len(data) == 2 and not any(
+        isinstance(a, tuple) for a in data
+    )
+
+
+def sources(model, loss, params, state, train_data, validation_data, key,
+             batch_size, step, scan, augment):  # fmt: skip
+    """``fit``'s checked data: the training source (``fnn._epoch.InMemory``
+    or ``fnn._stream.Stream``) and the validation arrays with their batch
+    size and shape of predictions (``None`` without validation data).
+
+    Raises:
+      TypeError, ValueError: for data ``fit`` cannot train on, before
+        anything compiles.
+    """
+    validation = None
+    if validation_data is not None:
+        vx, vy = arrays("fit", validation_data, "validation_data")
+        pred_shape = output_shape(model, params, state, vx)
+        vy = binary_column(loss, pred_shape, vy)
+        targets("fit", model, loss, pred_shape, vy)
+        validation = (jnp.asarray(vx), jnp.asarray(vy), 1024, pred_shape)
+    if not is_arrays(train_data):
+        if not (callable(train_data) or hasattr(train_data, "__iter__")):
+            raise TypeError(
+                f"fit: train_data must be (x, y) arrays, an iterable of (x, y) "
+                f"batches or a function epoch -> iterable; got "
+                f"{type(train_data).__name__}"
+            )
+        check = batch_checker(model, loss, params, state)
+        source = _stream.Stream(train_data, key, step, augment, check, scan)
+        return source, validation
+    x, y = arrays("fit", train_data, "train_data")
+    batch_size = count("fit", "batch_size", batch_size)
+    if batch_size > len(x):
+        raise ValueError(
+            f"fit: batch_size must be in [1, {len(x)}] (the number of examples), "
+            f"got {batch_size}"
+        )
+    pred_shape = output_shape(model, params, state, x)
+    y = binary_column(loss, pred_shape, y)
+    targets("fit", model, loss, pred_shape, y)
+    source = _epoch.InMemory(jnp.asarray(x), jnp.asarray(y), key, batch_size, step,
+                             scan, augment)  # fmt: skip
+    return source, validation

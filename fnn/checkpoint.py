@@ -41,17 +41,20 @@ into part of a model (transfer learning), with the same checks. Leaves of a
 64-bit dtype that JAX cannot hold while ``jax_enable_x64`` is off come back
 as exact NumPy arrays, never narrowed.
 
-Writes are atomic (``fnn/_fileio.py``): the file is written under a temporary
-name ``.<name>.<host>-<pid>.<hex>.tmp`` in the target's folder, flushed and
-fsynced, renamed over the target with ``os.replace`` and the folder fsynced; a
-process killed at any moment leaves the old checkpoint or the new one, whole,
-plus its temporary, which the next save of the same path removes once its
-writer is gone. Overwriting keeps the file's permission bits; a symbolic link
-is written through (its target is replaced, the link stays).
+Writes are atomic (``fnn/_fileio.py``): a temporary file beside the target,
+fsynced and renamed over it, so a process killed at any moment leaves the old
+checkpoint or the new one, whole (its temporary is removed by the next save).
+Overwriting keeps the permission bits; a symbolic link is written through.
+Reads refuse anything but a regular file and check the magic bytes and the
+declared size before reading the rest.
 
-Reads open only regular files (a FIFO or a device is refused at once), check
-the magic bytes and the declared size against the file's size before reading
-the rest, and never read more than the checkpoint's declared size.
+Sharded arrays, several processes (:mod:`fnn.parallel`): ``save`` reads each
+array from the calling process's own shards, never gathering across
+processes (a replicated array: its local copy, so process 0 alone saves a
+data-parallel run); an array split across processes is refused, never
+written partly. ``load`` gives each leaf of ``like`` that is a JAX array
+over several devices, or a ``jax.ShapeDtypeStruct`` with a ``sharding``,
+that sharding: each device of this process receives only its slice.
 """
 
 from __future__ import annotations
@@ -109,14 +112,17 @@ def save(path: str | os.PathLike, tree: PyTree) -> None:
 
     Args:
       path: the file to write (replaced if it exists; its folder must exist).
-      tree: any pytree whose leaves are arrays (JAX or NumPy; fully
-        addressable), typed PRNG keys, or Python ``bool``/``int``/``float``.
+      tree: any pytree whose leaves are arrays (JAX, sharded or not, or
+        NumPy), typed PRNG keys, or Python ``bool``/``int``/``float``.
         NamedTuples (optax states), dicts, tuples, lists and ``None`` nodes
-        are all fine.
+        are all fine. An array over several processes is read from this
+        process's shards alone (a replicated one from its local copy).
 
     Raises:
       TypeError: a leaf of another kind (a string, an object, a tracer),
         named by its key path; nothing is written.
+      ValueError: an array split across processes, of which this process
+        holds only part, named by its key path; nothing is written.
       OSError: the folder is missing or not writable; nothing is written.
 
     Example:
@@ -220,6 +226,16 @@ def _like_spec(leaf) -> tuple[str, str, tuple[int, ...]]:
     if jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         return "key", str(dtype), shape
     return "array", np.dtype(dtype).name, shape
+
+
+def _placement(leaf):
+    """The sharding a like leaf asks for; None for the default device."""
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return sharding
+    if isinstance(leaf, jax.Array) and len(sharding.device_set) > 1:
+        return sharding
+    return None
 
 
 def _check_leaf(record: dict, like_leaf, name: str, where: str) -> None:
@@ -360,7 +376,10 @@ def load(
         without reading).
       like: a pytree with the structure to load; its leaves may be arrays,
         ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``), typed keys or
-        Python scalars.
+        Python scalars. A JAX array (or key array) over several devices, or a
+        ``ShapeDtypeStruct`` with a ``sharding``, has its leaf loaded with
+        that sharding, each device (of this process) receiving its slice;
+        other arrays load onto the default device.
       prefix: the key path, in the file, of the subtree ``like`` describes: a
         string as ``jax.tree_util.keystr`` writes it (``"[0]"``, ``"[0][2]"``,
         ``"['params']"``) or a tuple of keys (``(0,)``, ``("params", 2)``).
@@ -398,5 +417,5 @@ def load(
     out = []
     for record, (_, like_leaf) in zip(records, like_leaves):
         _check_leaf(record, like_leaf, record["path"], where)
-        out.append(fmt.decode_leaf(record, payload))
+        out.append(fmt.decode_leaf(record, payload, _placement(like_leaf)))
     return jax.tree_util.tree_unflatten(treedef, out)

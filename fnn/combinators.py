@@ -38,7 +38,7 @@ from fnn.protocol import (
 
 
 def split_key(name, key, n):
-    """``n`` keys for a combinator's children, or ``n`` ``None``s for none.
+    """``n`` keys for a combinator's children, or ``n`` copies of ``None`` for none.
 
     Under jit a split whose keys no layer uses is dead code: free.
     """

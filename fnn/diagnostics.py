@@ -19,6 +19,8 @@ All are pure functions of arrays, so they jit; none changes training.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -254,3 +256,60 @@ def snapshot(
         "update_ratio": update_ratios(updates, params),
         "activations": activation_health(model, params, state, x),
     }
+
+
+def _in_layer_order(per_layer: dict) -> dict:
+    """``per_layer`` with its keys in the model's order (``"[2]"`` before
+    ``"[10]"``): a jitted function returns dicts sorted as strings."""
+
+    def order(path: str):
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p)
+                for p in re.findall(r"[^\[\]]+", path)]  # fmt: skip
+
+    return {k: per_layer[k] for k in sorted(per_layer, key=order)}
+
+
+def recorder(
+    model: Layer,
+    loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    method: str = "autodiff",
+    regularizer=None,
+    vanishing: float = VANISHING,
+    exploding: float = EXPLODING,
+):
+    """What ``fit(..., diagnostics=True)`` calls after each epoch.
+
+    :func:`snapshot` is jitted once here, apart from the training step, whose
+    program stays the same with or without diagnostics.
+
+    Args:
+      model, loss, optimizer, method, regularizer: as for :func:`snapshot`.
+      vanishing, exploding: the thresholds of :func:`gradient_flags`.
+
+    Returns:
+      ``record(history, carry, batch, key)``: computes the snapshot of
+      ``carry = (params, state, opt_state)`` on ``batch = (x, y)`` and
+      appends, as Python floats, ``grad_norm``, ``update_ratio``,
+      ``activations`` and ``gradient_flags`` (one dict per call) to the
+      lists of ``history`` under those keys.
+    """
+
+    @jax.jit
+    def snap(params, state, opt_state, x, y, key):
+        return snapshot(model, loss, optimizer, params, state, opt_state, x, y,
+                        key=key, method=method, regularizer=regularizer)  # fmt: skip
+
+    def record(history: dict, carry, batch, key) -> None:
+        figures = {
+            name: _in_layer_order(jax.tree.map(float, per_layer))
+            for name, per_layer in jax.device_get(snap(*carry, *batch, key)).items()
+        }
+        figures["gradient_flags"] = gradient_flags(
+            figures["grad_norm"], vanishing=vanishing, exploding=exploding
+        )
+        for name in ("grad_norm", "update_ratio", "activations", "gradient_flags"):
+            history.setdefault(name, []).append(figures[name])
+
+    return record

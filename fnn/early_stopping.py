@@ -64,16 +64,28 @@ class EarlyStopping:
             has_improved=False,
         )  # fmt: skip
 
-    def message(self, epoch: int) -> str:
-        """Why training stopped at ``epoch``, and which epoch is returned."""
+    def message(self, epoch: int, what: str = "monitored loss") -> str:
+        """Why training stopped at ``epoch``, and which epoch is returned.
+
+        Args:
+          epoch: the epoch just finished.
+          what: the metric's name, e.g. ``"validation loss"``.
+
+        Example:
+          >>> s = EarlyStopping(patience=1).update(2.0, 1).update(2.5, 2)
+          >>> s.message(2, "validation loss")  # doctest: +NORMALIZE_WHITESPACE
+          'early stopping after epoch 2: the validation loss has not improved for
+          1 epoch; returning the parameters, state and optimizer state after
+          epoch 1, the best (validation loss 2)'
+        """
+        epochs = "1 epoch" if self.patience == 1 else f"{self.patience} epochs"
         text = (
-            f"early stopping at epoch {epoch}: no improvement in {self.patience} "
-            f"epochs"
+            f"early stopping after epoch {epoch}: the {what} has not improved for "
+            f"{epochs}"
         )
         if self.best_epoch is None:  # every metric was NaN
-            return text
+            return f"{text} (it was never finite)"
         return (
-            f"{text}; returning the parameters, state and optimizer state of "
-            f"epoch {self.best_epoch}, the best (monitored loss "
-            f"{self.best_metric:.6g})"
+            f"{text}; returning the parameters, state and optimizer state after "
+            f"epoch {self.best_epoch}, the best ({what} {self.best_metric:.6g})"
         )

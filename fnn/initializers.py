@@ -6,10 +6,22 @@ networks; He (Kaiming) doubles it for ReLU networks, whose units are zero
 half of the time.
 
 The functions are ``jax.nn.initializers``' own, wrapped in
-:class:`Initializer` only so that they read well where they show: in
+:class:`Initializer` so that they read well where they show: in
 ``help(fnn.layers.Dense)`` (``kernel_init=lecun_normal()``), in layer names
 (``Dense(3, kernel_init=he_normal())``) and in error messages. Any plain
 ``(key, shape, dtype) -> array`` function works wherever one is expected.
+
+Drawing without a compile per shape: called eagerly, JAX compiles one XLA
+program per random draw and shape (the truncated-normal sampler alone takes
+0.2-1 s to compile on a CPU), which was most of the time a model's ``init``
+took. With JAX's default threefry keys (``jax_threefry_partitionable``, the
+default since JAX 0.5) the random bits of a draw depend only on the key and
+each value's flat position, so the named initialisers here draw float32
+values in fixed chunks of :data:`CHUNK` positions, one compiled program for
+every shape, and cut and scale them on the host: the values are *bitwise
+the same* as ``jax.nn.initializers``' (tests check it), from the same
+distributions. Under ``jit``/``vmap``, for other key kinds, other dtypes, or
+if a JAX version lacks the pieces, they call JAX's initialiser directly.
 
 Example:
   >>> from fnn import initializers
@@ -22,9 +34,203 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.nn import initializers as _jax
+
+# Values per compiled draw: one program serves every shape; a leaf of n
+# values costs ceil(n / CHUNK) calls of it (~1 ms each on a CPU core).
+CHUNK = 1 << 16
+_TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of N(0, 1) cut to (-2, 2)
+
+
+def _offset_bits(key_data, bit_width, shape):
+    """Threefry bits of flat positions ``offset .. offset + n - 1``.
+
+    ``key_data`` is ``(k1, k2, offset_hi, offset_lo)``: JAX's threefry key
+    and a 64-bit offset. Position ``i`` gets the bits JAX's partitionable
+    threefry gives position ``i`` of any draw with key ``(k1, k2)``:
+    ``threefry2x32(k, (hi(i), lo(i)))``, its two words xor-ed for 32 bits.
+    """
+    k1, k2, hi, lo = (key_data[i] for i in range(4))
+    count = jax.lax.iota(np.uint32, math.prod(shape))
+    lo_count = lo + count
+    hi_count = hi + (lo_count < lo).astype(np.uint32)  # carry
+    bits1, bits2 = _xr.threefry2x32_p.bind(k1, k2, hi_count, lo_count)
+    if bit_width == 64:
+        return (bits1.astype(np.uint64) << np.uint64(32)) | bits2.astype(np.uint64)
+    bits = bits1 ^ bits2
+    return bits if bit_width == 32 else bits.astype(np.dtype(f"uint{bit_width}"))
+
+
+def _only_bits(*args, **kwargs):
+    raise NotImplementedError("fnn's chunked-draw keys only draw random bits")
+
+
+try:
+    from jax.extend import random as _xr
+
+    _OFFSET_IMPL = _xr.define_prng_impl(
+        key_shape=(4,),
+        seed=_only_bits,
+        split=_only_bits,
+        random_bits=_offset_bits,
+        fold_in=_only_bits,
+        name="fnn_threefry_offset",
+        tag="fnn",
+    )
+except (ImportError, AttributeError, TypeError, ValueError):  # old/new JAX
+    _OFFSET_IMPL = None
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _chunk(key_data, distribution, bounds):
+    """``CHUNK`` float32 values of ``distribution`` at an offset (key_data)."""
+    key = jax.random.wrap_key_data(key_data, impl=_OFFSET_IMPL)
+    shape, low, high = (CHUNK,), *bounds
+    if distribution == "truncated_normal":
+        return jax.random.truncated_normal(key, low, high, shape, jnp.float32)
+    if distribution == "normal":
+        return jax.random.normal(key, shape, jnp.float32)
+    return jax.random.uniform(key, shape, jnp.float32, low, high)
+
+
+def _eager(key) -> bool:
+    """True outside every trace (jit, vmap, grad), with a concrete key."""
+    if isinstance(key, jax.core.Tracer):
+        return False
+    try:
+        from jax._src import core
+    except ImportError:
+        return False
+    return bool(getattr(core, "trace_state_clean", lambda: False)())
+
+
+def _threefry_words(key):
+    """The two uint32 words of a concrete threefry ``key``, or None."""
+    if not jax.config.jax_threefry_partitionable:
+        return None
+    try:
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
+                return None
+            key = jax.random.key_data(key)
+        elif jax.config.jax_default_prng_impl != "threefry2x32":
+            return None
+        words = np.asarray(key)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return words if words.shape == (2,) and words.dtype == np.uint32 else None
+
+
+def _host_draw(key, distribution, bounds, n):
+    """``n`` float32 values drawn as ``jax.random`` draws them for ``key``,
+    one compiled chunk program for every ``n``; None when it cannot."""
+    words = None if _OFFSET_IMPL is None else _threefry_words(key)
+    if words is None:
+        return None
+    calls = [
+        _chunk(
+            np.array([words[0], words[1], start >> 32, start & 0xFFFFFFFF], np.uint32),
+            distribution,
+            bounds,
+        )
+        for start in range(0, n, CHUNK)
+    ]
+    return np.concatenate([np.asarray(c) for c in calls])[:n]
+
+
+def _compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):
+    """Fan-in and fan-out, as ``jax.nn.initializers`` computes them."""
+
+    def axes_size(axes):
+        if isinstance(axes, int):
+            return shape[axes]
+        return math.prod(shape[i] for i in axes)
+
+    in_size, out_size = axes_size(in_axis), axes_size(out_axis)
+    receptive = math.prod(shape) / in_size / out_size / axes_size(batch_axis)
+    return in_size * receptive, out_size * receptive
+
+
+def _variance_scaling_plan(args):
+    """``shape -> (distribution, bounds, factor)``: the steps of JAX's
+    ``variance_scaling`` with these arguments, a standard draw times a
+    float32 ``factor``."""
+
+    def plan(shape):
+        if len(shape) < 2 and args["in_axis"] == -2:
+            return None  # JAX's own error message
+        fan_in, fan_out = _compute_fans(
+            shape, args["in_axis"], args["out_axis"], args["batch_axis"]
+        )
+        denominator = {
+            "fan_in": fan_in,
+            "fan_out": fan_out,
+            "fan_avg": (fan_in + fan_out) / 2,
+            "fan_geo_avg": (fan_in * fan_out) ** 0.5,
+        }[args["mode"]]
+        variance = np.float32(args["scale"] / denominator)
+        distribution = args["distribution"]
+        if distribution == "truncated_normal":
+            stddev = np.sqrt(variance) / np.float32(_TRUNCATED_NORMAL_STD)
+            return "truncated_normal", (-2.0, 2.0), stddev
+        if distribution == "normal":
+            return "normal", (None, None), np.sqrt(variance)
+        if distribution == "uniform":
+            return "uniform", (-1.0, 1.0), np.sqrt(np.float32(3) * variance)
+        return None
+
+    return plan
+
+
+def _fixed(distribution, scale, mode):
+    """The plan of a factory that fixes ``variance_scaling``'s arguments."""
+    fixed = {"distribution": distribution, "scale": scale, "mode": mode}
+    return lambda args: _variance_scaling_plan({**args, **fixed})
+
+
+def _scaled(distribution, scale_arg, bounds=None):
+    """The plan of JAX's ``normal``, ``uniform`` or ``truncated_normal``: a
+    standard draw times ``jnp.array(scale, float32)``."""
+
+    def make(args):
+        cut = bounds or (args["lower"], args["upper"])
+        factor = np.float32(args[scale_arg])
+        return lambda shape: (distribution, cut, factor)
+
+    return make
+
+
+def _fill(args):
+    """The plan of ``constant(value)``: an array full of ``value``."""
+    return lambda shape: ("fill", args["value"], None)
+
+
+def _fast_init(plan, key, shape, dtype):
+    """``plan``'s array, made without a compile per shape, or None."""
+    try:
+        shape = tuple(int(d) for d in shape)
+        steps = plan(shape)
+        dtype = np.dtype(dtype)
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
+        return None  # JAX's own initialiser says what is wrong
+    if steps is None:
+        return None
+    kind, bounds, factor = steps
+    if kind == "fill":
+        value = np.asarray(bounds)
+        if dtype.kind not in "biuf" or value.dtype.kind not in "biuf":
+            return None
+        return jnp.asarray(np.full(shape, value, dtype))
+    if dtype != np.float32:
+        return None
+    flat = _host_draw(key, kind, bounds, math.prod(shape))
+    return None if flat is None else jnp.asarray(flat.reshape(shape) * factor)
 
 
 class Initializer:
@@ -33,15 +239,24 @@ class Initializer:
     Args:
       fn: ``(key, shape, dtype) -> array``.
       name: how it reads: the call that builds it, e.g. ``"normal(0.5)"``.
+      plan: optional ``shape -> (kind, bounds, factor)`` saying that ``fn``
+        draws a standard ``kind`` of distribution and multiplies it by the
+        float32 ``factor`` (or, kind ``"fill"``, fills with ``bounds``):
+        eager calls then make the same values without a compile per shape.
     """
 
-    __slots__ = ("fn", "name")
+    __slots__ = ("fn", "name", "plan")
 
-    def __init__(self, fn, name: str):
+    def __init__(self, fn, name: str, plan=None):
         self.fn = fn
         self.name = name
+        self.plan = plan
 
     def __call__(self, key, shape, dtype=jnp.float32):
+        if self.plan is not None and _eager(key):
+            out = _fast_init(self.plan, key, shape, dtype)
+            if out is not None:
+                return out
         return self.fn(key, shape, dtype)
 
     def __repr__(self):
@@ -56,15 +271,21 @@ class Initializer:
         return hash(self.name)
 
 
-def _named(factory):
-    """Wraps a ``jax.nn.initializers`` factory so that what it returns has a name."""
+def _named(factory, plan=None):
+    """Wraps a ``jax.nn.initializers`` factory so that what it returns has a
+    name; ``plan(arguments by name)`` gives its chunked-draw plan."""
+    signature = inspect.signature(factory)
 
     @functools.wraps(factory)
     def make(*args, **kwargs):
         shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
-        return Initializer(
-            factory(*args, **kwargs), f"{factory.__name__}({', '.join(shown)})"
-        )
+        fn = factory(*args, **kwargs)
+        steps = None
+        if plan is not None:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            steps = plan(bound.arguments)
+        return Initializer(fn, f"{factory.__name__}({', '.join(shown)})", steps)
 
     return make
 
@@ -80,20 +301,20 @@ def draw(init, key, shape, dtype=jnp.float32):
     return init(key, shape, dtype)
 
 
-constant = _named(_jax.constant)
-glorot_normal = _named(_jax.glorot_normal)
-glorot_uniform = _named(_jax.glorot_uniform)
-he_normal = _named(_jax.he_normal)
-he_uniform = _named(_jax.he_uniform)
-lecun_normal = _named(_jax.lecun_normal)
-lecun_uniform = _named(_jax.lecun_uniform)
-normal = _named(_jax.normal)
+constant = _named(_jax.constant, _fill)
+glorot_normal = _named(_jax.glorot_normal, _fixed("truncated_normal", 1.0, "fan_avg"))
+glorot_uniform = _named(_jax.glorot_uniform, _fixed("uniform", 1.0, "fan_avg"))
+he_normal = _named(_jax.he_normal, _fixed("truncated_normal", 2.0, "fan_in"))
+he_uniform = _named(_jax.he_uniform, _fixed("uniform", 2.0, "fan_in"))
+lecun_normal = _named(_jax.lecun_normal, _fixed("truncated_normal", 1.0, "fan_in"))
+lecun_uniform = _named(_jax.lecun_uniform, _fixed("uniform", 1.0, "fan_in"))
+normal = _named(_jax.normal, _scaled("normal", "stddev", (None, None)))
 orthogonal = _named(_jax.orthogonal)
-truncated_normal = _named(_jax.truncated_normal)
-uniform = _named(_jax.uniform)
-variance_scaling = _named(_jax.variance_scaling)
-zeros = Initializer(_jax.zeros, "zeros")
-ones = Initializer(_jax.ones, "ones")
+truncated_normal = _named(_jax.truncated_normal, _scaled("truncated_normal", "stddev"))
+uniform = _named(_jax.uniform, _scaled("uniform", "scale", (0.0, 1.0)))
+variance_scaling = _named(_jax.variance_scaling, _variance_scaling_plan)
+zeros = Initializer(_jax.zeros, "zeros", lambda shape: ("fill", 0, None))
+ones = Initializer(_jax.ones, "ones", lambda shape: ("fill", 1, None))
 
 xavier_normal = glorot_normal
 xavier_uniform = glorot_uniform

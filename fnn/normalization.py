@@ -12,9 +12,11 @@ PyTorch's ``weight``, and the shift ``b``). Before this convention the norm
 layers named them ``scale`` and ``bias``; see :func:`rename_legacy` for
 checkpoints saved then.
 
-Backward, with ``m`` the number of values each statistic averages over:
-  ``db = sum(dy)``, ``dw = sum(dy * x_hat)``,
-  ``dx = w / sqrt(var + eps) * (dy - db / m - x_hat * dw / m)``
+Backward, with ``m`` the number of values each statistic averages over::
+
+    db = sum(dy),  dw = sum(dy * x_hat)
+    dx = w / sqrt(var + eps) * (dy - db / m - x_hat * dw / m)
+
 when the statistics come from ``x`` itself (training batch norm, layer
 norm), and ``dx = w / sqrt(var + eps) * dy`` when they are constants
 (batch norm in evaluation, on running statistics).

@@ -29,17 +29,32 @@ runs the same program.
    ``jax.make_array_from_process_local_data``. Parameters, state and
    optimizer state start equal in every process (same seed) and stay
    replicated: every process holds the same values after each step.
-3. Checkpoints: since the parameters are replicated, process 0 alone
-   saves (``if jax.process_index() == 0: checkpoint.save(path, tree)``)
-   to storage that every process can read; then all processes wait for it
-   (e.g. ``jax.experimental.multihost_utils.sync_global_devices("saved")``)
-   before going on.
-4. Resuming: every process loads the same checkpoint and continues with
-   the same step count and batch order.
+3. Checkpoints: the parameters, state and optimizer state are replicated,
+   so every process holds all of them and process 0 alone saves, from its
+   own copy, with no transfer between processes; the others wait for it::
+
+       if jax.process_index() == 0:
+           checkpoint.save(path, (params, state, opt_state, step_count))
+       multihost_utils.sync_global_devices("saved")  # jax.experimental
+
+   ``path`` must be on storage every process can read. (``checkpoint.save``
+   refuses an array split across processes, which no process holds whole.)
+4. Resuming: every process builds the same model, then loads the same
+   checkpoint straight into the step's sharding, each device receiving its
+   copy, and continues with the same step count and batch order::
+
+       like = jax.tree.map(
+           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=step.replicated),
+           (params, state, opt_state))
+       params, state, opt_state, step_count = checkpoint.load(path, (*like, 0))
+
+   The run then goes on exactly as if it had not stopped, bit for bit.
 
 ``tests/test_parallel.py`` runs two processes on localhost, each feeding
 half of the global batch, and checks parameters, batch-norm statistics and
-losses against one process on the whole batch.
+losses against one process on the whole batch; then both stop, process 0
+checkpoints, both load and finish, and the results equal the uninterrupted
+run's bit for bit.
 """
 
 from __future__ import annotations
@@ -89,8 +104,8 @@ def make_step(
     loss)``, with ``x`` and ``y`` split along their first axis over
     ``devices`` (whose number must divide the batch size) and everything
     else replicated. ``params``, ``state`` and ``opt_state`` are donated.
-    With several processes, each passes its own slice of the global batch
-    (see the module docstring).
+    With several processes, each passes its own slice of the global batch,
+    all slices of one size (see the module docstring).
 
     Args:
       model, loss, optimizer: as for :func:`fnn.train.make_step`.
@@ -101,11 +116,20 @@ def make_step(
       compute_dtype: the mixed precision of :func:`fnn.train.make_step`.
 
     Returns:
-      The step function; ``step.lower`` lowers it for inspection.
+      The step function; ``step.lower`` lowers it for inspection;
+      ``step.mesh`` is its mesh, ``step.replicated`` and ``step.split`` the
+      shardings it keeps the training state in and splits the batch by
+      (e.g. ``jax.device_put(params, step.replicated)``, or a
+      ``checkpoint.load`` ``like`` with that sharding).
 
     Raises:
-      ValueError: at a call, when the (per-process) batch does not divide
-        over the devices.
+      ValueError: at a call, before anything runs, for an array of ``x`` or
+        ``y`` without a batch axis, batches of different sizes, an empty
+        batch, or a (per-process) batch that does not divide over the
+        devices; or for an argument already placed over several devices
+        otherwise than the step wants (named by its key path).
+      TypeError: at a call, for a ``key`` that is neither ``None`` nor one
+        PRNG key.
     """
     mesh = data_mesh(devices)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -125,16 +149,88 @@ def make_step(
     def step(params, state, opt_state, x, y, key):
         # Checked here, before jit places the batch: an indivisible batch
         # would otherwise surface as a sharding error from inside JAX.
-        for name, a in (("x", x), ("y", y)):
-            if np.shape(a)[0] % n:
-                raise ValueError(
-                    f"fnn.parallel.make_step: the batch of {name} has "
-                    f"{np.shape(a)[0]} examples, not divisible by {devices_named}"
-                )
+        _check_batch(x, y, n, devices_named)
+        _check_key(key)
         if multi_host:  # each host holds its own slice of the global batch
-            x = jax.make_array_from_process_local_data(split, x)
-            y = jax.make_array_from_process_local_data(split, y)
-        return jitted(params, state, opt_state, x, y, key)
+            x, y = jax.tree.map(
+                lambda a: jax.make_array_from_process_local_data(split, a), (x, y)
+            )
+        args = (params, state, opt_state, x, y)
+        try:
+            return jitted(*args, key)
+        except ValueError as e:
+            if "sharding" in str(e).lower():
+                _explain_placement(args, replicated, split, e)
+            raise
 
     step.lower = jitted.lower  # for inspecting the compiled program
+    step.mesh, step.replicated, step.split = mesh, replicated, split
     return step
+
+
+_NAMES = ("params", "state", "opt_state", "x", "y")
+_WHERE = "fnn.parallel.make_step"
+
+
+def _check_batch(x, y, n: int, devices_named: str) -> None:
+    """Raises ValueError unless every array of ``x`` and ``y`` has the same
+    non-zero number of examples (first axis), divisible by ``n``."""
+    sizes = {}
+    for name, tree in (("x", x), ("y", y)):
+        for path, a in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            name_at = name + jax.tree_util.keystr(path)
+            shape = np.shape(a)
+            if not shape:
+                raise ValueError(
+                    f"{_WHERE}: {name_at} has shape (), no batch axis; the step "
+                    "takes a batch of examples along the first axis"
+                )
+            sizes.setdefault(shape[0], name_at)
+    if len(sizes) > 1:
+        (a, name_a), (b, name_b) = list(sizes.items())[:2]
+        raise ValueError(
+            f"{_WHERE}: {name_a} has {a} examples but {name_b} has {b}; every "
+            "array of x and y needs the same batch size (first axis)"
+        )
+    for size, name in sizes.items():
+        if size == 0:
+            raise ValueError(f"{_WHERE}: the batch of {name} is empty (0 examples)")
+        if size % n:
+            raise ValueError(
+                f"{_WHERE}: the batch of {name} has {size} examples, not "
+                f"divisible by {devices_named}"
+            )
+
+
+def _check_key(key) -> None:
+    """Raises TypeError unless ``key`` is None or one PRNG key."""
+    dtype, shape = getattr(key, "dtype", None), np.shape(key) if key is not None else ()
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == np.uint32 and shape == (2,)
+    if key is None or (typed and shape == ()) or raw:
+        return
+    got = f"shape {shape} of dtype {dtype}" if dtype is not None else repr(key)
+    raise TypeError(
+        f"{_WHERE}: key must be one PRNG key, jax.random.key(seed) (a fresh one "
+        f"each step), or None for a model without randomness; got {got}"
+    )
+
+
+def _explain_placement(args, replicated, split, error) -> None:
+    """Raises a ValueError naming the first leaf of ``args`` that is placed
+    over several devices otherwise than the step wants; returns if none is."""
+    for name, tree in zip(_NAMES, args, strict=True):
+        batch = name in ("x", "y")
+        want = split if batch else replicated
+        for path, a in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if not isinstance(a, jax.Array) or len(a.sharding.device_set) < 2:
+                continue  # one device: the step moves it itself
+            if not a.sharding.is_equivalent_to(want, a.ndim):
+                how = "split over" if batch else "replicated on"
+                attr = "split" if batch else "replicated"
+                raise ValueError(
+                    f"{_WHERE}: {name}{jax.tree_util.keystr(path)} is placed "
+                    f"with {a.sharding}, but the step wants it {how} the "
+                    f"devices of its mesh: {want}. Move it first, e.g. "
+                    f"{name} = jax.device_put({name}, step.{attr})"
+                ) from error

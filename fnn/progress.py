@@ -28,7 +28,7 @@ import time
 # then redraws a few times a second, and each part costs one host round trip
 # (~0.1 ms) against ~0.25 s of compute.
 PART_SECONDS = 0.25
-BAR = 30  # the bar's width, where the terminal has room for it
+BAR = 20  # the bar's width: room for it beside a full line on 80 columns
 REDRAW = 0.1  # seconds between redraws, at most
 
 
@@ -60,6 +60,18 @@ def _rate(steps_per_second: float) -> str:
     return f"{1 / steps_per_second:.2f} s/step"
 
 
+def number(value: float) -> str:
+    """A loss as the display shows it: 4 decimals, or 4 digits when large or tiny.
+
+    Example:
+      >>> number(0.25), number(3.9976e24), number(1.2e-7), number(float("inf"))
+      ('0.2500', '3.998e+24', '1.2e-07', 'inf')
+    """
+    if value == 0 or 1e-3 <= abs(value) < 1e6:
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
 def bar_line(epoch, epochs, done, total, width, *, rate=None, loss=None) -> str:
     """One redraw of the live bar, at most ``width - 1`` characters.
 
@@ -80,14 +92,15 @@ def bar_line(epoch, epochs, done, total, width, *, rate=None, loss=None) -> str:
     Returns:
       The line, without ``\\r``.
     """
-    head = f"epoch {epoch}/{epochs} {done}" + ("" if total is None else f"/{total}")
+    count = f"step {done}" if total is None else f"{done}/{total}"
+    head = f"epoch {epoch}/{epochs} {count}"
     tail = ""
     if rate:
         tail += f" {_rate(rate)}"
         if total is not None:
             tail += f" ETA {_clock((total - done) / rate)}"
     if loss is not None:
-        tail += f" loss {loss:.4f}"
+        tail += f" loss {number(loss)}"
     room = min(BAR, width - 1 - len(head) - len(tail) - 3)  # brackets, a space
     if total is not None and room >= 10:
         fill = room * done // total
@@ -149,7 +162,7 @@ class Progress:
         if self.live:
             width = _columns(self.err)
             if compiling:
-                text = f"epoch {epoch}/{self.epochs} compiling the training epoch..."
+                text = f"epoch {epoch}/{self.epochs} compiling..."
                 self._draw(text[: width - 1])
             else:
                 self._draw(bar_line(epoch, self.epochs, 0, self.num_steps, width))
@@ -202,15 +215,16 @@ def summary(epoch: int, train_loss: float, metrics, loss_scale, seconds: float) 
       metrics: ``evaluate``'s dict on the validation data, or ``None``.
       loss_scale: ``(scale, skipped steps)`` under dynamic loss scaling, or
         ``None``.
-      seconds: how long its steps took.
+      seconds: how long its steps took (in a fit's first epoch, compiling
+        included).
 
     Example:
       >>> summary(3, 0.25, {"loss": 0.5, "accuracy": 0.875}, None, 1.5)
       'epoch   3  train loss 0.2500  val loss 0.5000  val accuracy 0.8750  (1.50 s)'
     """
-    text = f"epoch {epoch:3d}  train loss {train_loss:.4f}"
+    text = f"epoch {epoch:3d}  train loss {number(train_loss)}"
     if metrics is not None:
-        text += f"  val loss {metrics['loss']:.4f}"
+        text += f"  val loss {number(metrics['loss'])}"
         if "accuracy" in metrics:
             text += f"  val accuracy {metrics['accuracy']:.4f}"
     if loss_scale is not None:

@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn import _backend, _epoch, _stream, backprop, metrics, optim
+from fnn import _backend, _epoch, backprop, metrics, optim
 from fnn import _train_checks as checks
+from fnn.diagnostics import recorder
 from fnn.early_stopping import EarlyStopping
 from fnn.progress import Progress, summary
 from fnn.protocol import Layer
@@ -184,13 +185,21 @@ class FitResult(NamedTuple):
 
     - ``"train_loss"``: the mean of the epoch's step losses (each computed
       in training mode, before its step's update);
-    - ``"time"``: seconds the epoch's steps took (validation excluded);
+    - ``"time"``: seconds the epoch's steps took (validation excluded;
+      the first epoch of a ``fit`` includes compiling);
     - ``"val_loss"``, ``"val_accuracy"``: with ``validation_data``, the
       evaluation after the epoch (``val_accuracy`` is NaN when the loss has
       no accuracy, e.g. ``mse``);
     - ``"loss_scale"``, ``"skipped_steps"``: with
       :func:`fnn.optim.dynamic_loss_scale`, the scale after the epoch and
-      the steps skipped for overflow so far.
+      the steps skipped for overflow so far;
+    - with ``diagnostics=True`` (see :func:`fit`), one dict per epoch
+      keyed by layer path (``"[0]"``, nested ``"[2][1]"``):
+      ``"grad_norm"`` (``{layer: |g|}``), ``"update_ratio"``
+      (``{layer: |update| / |params|}``), ``"gradient_flags"``
+      (``{layer: "vanishing" | "ok" | "exploding"}``) and
+      ``"activations"`` (``{layer: {"relu_dead": fraction}}``, or
+      ``"sigmoid_saturated"`` / ``"tanh_saturated"``).
     """
 
     params: Any
@@ -243,6 +252,7 @@ def fit(
     verbose: bool = False,
     regularizer=None,
     augment: Callable | None = None,
+    diagnostics: bool = False,
 ) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)`` with shuffled minibatches.
 
@@ -260,9 +270,11 @@ def fit(
         Or a stream, for data larger than memory: an iterable of ``(x, y)``
         batches (iterated afresh each epoch), or a function ``epoch ->
         iterable of (x, y)``; see ``fnn._stream``. Each batch is checked
-        on the host and put on the device two steps ahead; steps run as
-        jitted calls, and a stream of the same batches in the same order
-        trains exactly as arrays with ``scan=False``.
+        on the host; consecutive batches of one shape run in chunks of up
+        to 16 steps, each one compiled loop (``scan=False``: one jitted
+        call per step), put on the device ahead of their steps. A stream
+        of the same batches in the same order trains exactly as arrays
+        with the same ``scan``.
       key: a PRNG key (``jax.random.key(0)``) or an int seed, for shuffling,
         dropout and augmentation. Epoch ``e`` uses ``fold_in(key, e)``.
       epochs: the number of the last epoch (as in Keras): training runs
@@ -282,9 +294,10 @@ def fit(
         ``epochs=N, initial_epoch=k`` with the restored state, bit for bit.
       compute_dtype: mixed precision for forward and backward (see
         :func:`make_step`).
-      scan: run each epoch as one compiled loop (``True``) or as a loop of
-        jitted steps (``False``). Both give the same result; the default
-        picks the faster (``fnn._backend.scan_by_default``).
+      scan: run each epoch as one compiled loop (``True``; a stream, as
+        compiled loops over chunks of its batches) or as a loop of jitted
+        steps (``False``). Both give the same result to float rounding; the
+        default picks the faster (``fnn._backend.scan_by_default``).
       progress: a live progress bar on stderr when it is a terminal, else a
         line per epoch (``True``); nothing (``False``); the bar on a
         terminal only (``None``, the default).
@@ -294,6 +307,30 @@ def fit(
       augment: ``aug(key, x_batch) -> x_batch`` applied to each training
         batch inside the compiled epoch, e.g. from :mod:`fnn.augment`; its
         key is folded from the step's key, so resuming stays exact.
+      diagnostics: after each epoch, record in ``history`` how each layer
+        learns (:func:`fnn.diagnostics.snapshot`), from one batch (the
+        first ``batch_size`` examples, or a stream's first batch; the same
+        every epoch) and the epoch's final parameters:
+
+        - ``"grad_norm"``: ``{layer: |g|}``, the L2 norm of the layer's
+          gradient (in float32, and in training mode: dropout draws a key
+          of its own);
+        - ``"update_ratio"``: ``{layer: |u| / |w|}``, the optimizer's next
+          update against the parameters (~1e-3 is healthy);
+        - ``"gradient_flags"``: ``{layer: "vanishing" | "ok" |
+          "exploding"}``, norms below 1e-7, or above 1e3 or not finite
+          (:func:`fnn.diagnostics.gradient_flags`);
+        - ``"activations"``: ``{layer: {"relu_dead": f}}`` per ReLU layer,
+          the fraction of units that output 0 on every example of the
+          batch (in evaluation mode); ``{"sigmoid_saturated": f}`` or
+          ``{"tanh_saturated": f}`` per sigmoid or tanh layer, units
+          outside [0.01, 0.99] or [-0.99, 0.99] on every example.
+
+        Layers are keyed by their path in the ``serial`` model (``"[0]"``,
+        nested ``"[2][1]"``); layers without parameters have no gradient
+        entries. The figures are one jitted call after the epoch, outside
+        its timing, and the training step is the same program either way:
+        results are bit for bit those of ``diagnostics=False``.
 
     Returns:
       A :class:`FitResult`. If a step's loss is not finite, training stops
@@ -311,30 +348,39 @@ def fit(
         patience = checks.count("fit", "patience", patience)
     step = _step_fn(model, loss, optimizer, method, compute_dtype, regularizer)
     scan = _backend.scan_by_default(model) if scan is None else scan
-    source, validation = _sources(model, loss, params, state, train_data,
-                                  validation_data, key, batch_size, step, scan,
-                                  augment)  # fmt: skip
+    source, validation = checks.sources(model, loss, params, state, train_data,
+                                        validation_data, key, batch_size, step,
+                                        scan, augment)  # fmt: skip
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     carry = _epoch.copy((params, state, opt_state))
     history = {"train_loss": [], "time": []}
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])
     display = Progress(epochs, source.num_steps, show=progress, verbose=verbose)
+    record = None
+    if diagnostics:
+        record = recorder(model, loss, optimizer, method=method,
+                          regularizer=regularizer)  # fmt: skip
+        history.update(grad_norm=[], update_ratio=[], gradient_flags=[],
+                       activations=[])  # fmt: skip
     stopper = None if patience is None else EarlyStopping(patience)
     best, stopped = None, None
+    what = "training loss" if validation is None else "validation loss"
     for epoch in range(initial_epoch + 1, epochs + 1):
         display.start_epoch(epoch, compiling=epoch == initial_epoch + 1)
         tic = time.perf_counter()
         carry, losses_ = source.run_epoch(carry, epoch, display)
         seconds = time.perf_counter() - tic
         if not np.all(np.isfinite(losses_)):
-            carry, stopped = _epoch.diverged(source.segments, best)
+            carry, stopped = _epoch.diverged(source.segments, best, what)
             break
         train_loss, metrics_ = float(losses_.mean()), None
         if validation is not None:
             display.note("validating")
             metrics_ = _evaluate(model, loss, carry[0], carry[1], *validation)
         _record(history, train_loss, seconds, metrics_, carry[2])
+        if record is not None:
+            record(history, carry, source.probe, _epoch.step_key(key, epoch, 0))
         scale = _loss_scale_record(carry[2])
         display.end_epoch(summary(epoch, train_loss, metrics_, scale, seconds))
         if stopper is not None:
@@ -343,52 +389,9 @@ def fit(
             if stopper.has_improved:
                 best = (carry, epoch, monitored)
             if stopper.should_stop:
-                stopped = stopper.message(epoch)
+                stopped = stopper.message(epoch, what)
                 break
     if best is not None:
         carry = best[0]
     display.finish(stopped)
     return FitResult(*carry, history, stopped)
-
-
-def _is_arrays(data) -> bool:
-    """``(x, y)`` arrays, rather than a stream of ``(x, y)`` batches."""
-    return isinstance(data, tuple | list) and len(data) == 2 and not any(
-        isinstance(a, tuple) for a in data
-    )
-
-
-def _sources(model, loss, params, state, train_data, validation_data, key,
-             batch_size, step, scan, augment):  # fmt: skip
-    """The training source (``fnn._epoch.InMemory`` or
-    ``fnn._stream.Stream``) and the checked validation arrays, with
-    their shape of predictions (``None`` without validation data)."""
-    validation = None
-    if validation_data is not None:
-        vx, vy = checks.arrays("fit", validation_data, "validation_data")
-        pred_shape = checks.output_shape(model, params, state, vx)
-        vy = checks.binary_column(loss, pred_shape, vy)
-        checks.targets("fit", model, loss, pred_shape, vy)
-        validation = (jnp.asarray(vx), jnp.asarray(vy), 1024, pred_shape)
-    if not _is_arrays(train_data):
-        if not (callable(train_data) or hasattr(train_data, "__iter__")):
-            raise TypeError(
-                f"fit: train_data must be (x, y) arrays, an iterable of (x, y) "
-                f"batches or a function epoch -> iterable; got "
-                f"{type(train_data).__name__}"
-            )
-        check = checks.batch_checker(model, loss, params, state)
-        return _stream.Stream(train_data, key, step, augment, check), validation
-    x, y = checks.arrays("fit", train_data, "train_data")
-    batch_size = checks.count("fit", "batch_size", batch_size)
-    if batch_size > len(x):
-        raise ValueError(
-            f"fit: batch_size must be in [1, {len(x)}] (the number of examples), "
-            f"got {batch_size}"
-        )
-    pred_shape = checks.output_shape(model, params, state, x)
-    y = checks.binary_column(loss, pred_shape, y)
-    checks.targets("fit", model, loss, pred_shape, y)
-    source = _epoch.InMemory(jnp.asarray(x), jnp.asarray(y), key, batch_size, step,
-                             scan, augment)  # fmt: skip
-    return source, validation

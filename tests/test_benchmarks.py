@@ -123,3 +123,52 @@ def test_worker_times_a_contender_in_its_own_process():
     finally:
         worker.close()
     assert worker.proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_first_step_times_each_contender_in_a_fresh_process(tmp_path):
+    out = tmp_path / "first.json"
+    proc = _run(
+        "benchmarks/run.py",
+        "--first-step",
+        "--workloads",
+        "tiny",
+        "--frameworks",
+        "fnn,jax",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "load average" in proc.stdout and "targets:" in proc.stdout
+    assert "tiny: fnn-autodiff init + first step <= 1.1x jax" in proc.stdout
+    rows = json.loads(out.read_text())["first_step"]
+    assert {r["contender"] for r in rows} == {"fnn-autodiff", "fnn-manual", "jax"}
+    for r in rows:
+        assert 0 < r["init"] and 0 < r["second"] < r["first"]
+        assert r["to_first_step"] == pytest.approx(r["init"] + r["first"])
+
+
+def test_first_step_target_compares_init_plus_first_step_with_jax():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import first_step_targets
+
+    def row(contender, init, first):
+        return {
+            "workload": "mlp",
+            "contender": contender,
+            "to_first_step": init + first,
+        }
+
+    verdicts = first_step_targets(
+        [
+            row("jax", 1.0, 1.0),
+            row("fnn-autodiff", 1.1, 1.0),  # 1.05x: holds
+            row("fnn-manual", 1.0, 1.3),  # 1.15x: fails
+        ]
+    )
+    names = [label.split(":")[1].split()[0] for label, _, _ in verdicts]
+    assert names == ["fnn-autodiff", "fnn-manual"]
+    assert [holds for _, holds, _ in verdicts] == [True, False]
+    assert verdicts[1][2].startswith("1.15x (2.30 / 2.00 s)")

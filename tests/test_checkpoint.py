@@ -953,3 +953,75 @@ def test_prefixes_match_whole_keys(tmp_path):
     np.testing.assert_array_equal(
         checkpoint.load(tmp_path / "c", tree[10], prefix=(10,)), 10
     )
+
+
+# ---------------------------------------------------------------------------
+# Sharded arrays (conftest.py gives two CPU devices; several processes are
+# tested in tests/test_parallel.py)
+
+
+def _mesh_shardings():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    assert jax.device_count() == 2
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(
+        mesh, PartitionSpec("data")
+    )
+
+
+def test_sharded_leaves_load_with_the_sharding_of_like(tmp_path):
+    replicated, split = _mesh_shardings()
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    x = rng.normal(size=(6, 2)).astype(np.float32)
+    keys = jax.random.split(jax.random.key(3), 4)
+    # Saved from sharded arrays: each written whole, from this process's shards.
+    tree = {
+        "w": jax.device_put(w, replicated),
+        "x": jax.device_put(x, split),
+        "keys": jax.device_put(keys, split),
+        "step": 5,
+    }
+    checkpoint.save(tmp_path / "c", tree)
+    like = {
+        "w": jax.device_put(np.zeros_like(w), replicated),
+        "x": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=split),
+        "keys": jax.device_put(jax.random.split(jax.random.key(0), 4), split),
+        "step": 0,
+    }
+    got = checkpoint.load(tmp_path / "c", like)
+    assert got["step"] == 5
+    assert got["w"].sharding == replicated and got["x"].sharding == split
+    assert got["keys"].sharding.is_equivalent_to(split, 1)
+    np.testing.assert_array_equal(got["w"], w)
+    np.testing.assert_array_equal(got["x"], x)
+    np.testing.assert_array_equal(
+        jax.random.key_data(got["keys"]), jax.random.key_data(keys)
+    )
+    # Each device holds its own slice (rows 0-2 and 3-5), or the whole array.
+    for shard in got["x"].addressable_shards:
+        np.testing.assert_array_equal(shard.data, x[shard.index])
+        assert shard.data.shape == (3, 2)
+    for shard in got["w"].addressable_shards:
+        np.testing.assert_array_equal(shard.data, w)
+    # The same file loads batch-sharded where it was replicated, and back.
+    swapped = checkpoint.load(
+        tmp_path / "c",
+        {"x": jax.device_put(np.zeros_like(x), replicated)},
+        strict=False,
+    )
+    assert swapped["x"].sharding == replicated
+    np.testing.assert_array_equal(swapped["x"], x)
+
+
+def test_unsharded_likes_still_load_onto_the_default_device(tmp_path):
+    checkpoint.save(tmp_path / "c", {"a": jnp.arange(4.0)})
+    got = checkpoint.load(tmp_path / "c", {"a": jnp.zeros(4)})["a"]
+    assert got.devices() == {jax.devices()[0]}
+    np.testing.assert_array_equal(got, np.arange(4.0))
+    # A 0-d array over a mesh: the one "slice" is the whole value.
+    replicated, _ = _mesh_shardings()
+    checkpoint.save(tmp_path / "s", jnp.float32(2.5))
+    got = checkpoint.load(tmp_path / "s", jax.device_put(jnp.float32(0), replicated))
+    assert got.sharding == replicated and got.shape == () and float(got) == 2.5

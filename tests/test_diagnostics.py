@@ -111,3 +111,95 @@ def test_snapshot_gathers_the_figures_of_one_training_step():
             snap["update_ratio"][key], 0.1 * norm / w_norm, rtol=1e-5
         )
     np.testing.assert_allclose(snap["activations"]["[1]"]["relu_dead"], 1 / 3)
+
+
+# --------------------------------------------------------------------------
+# fit(..., diagnostics=True)
+
+
+def _deep_sigmoid_problem():
+    """A dead ReLU layer (bias -100), then 8 sigmoid layers whose Dense
+    weights are all 0.1: backward, each multiplies the gradient by
+    ``4 * 0.1 * s'(z)`` with ``z`` ~ 0.2, about 0.099, so the first layers'
+    gradients vanish."""
+    from fnn import optim
+
+    dense = L.Dense(4, kernel_init=jax.nn.initializers.constant(0.1))
+    model = L.serial(
+        L.Dense(4, bias_init=jax.nn.initializers.constant(-100.0)),
+        L.Relu,
+        *[dense, L.Sigmoid] * 8,
+        L.Dense(1),
+    )
+    _, params, state = model.init(jax.random.key(0), (3,))
+    x = np.random.default_rng(0).uniform(size=(32, 3)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    return model, params, state, x, y, optim.sgd(0.1)
+
+
+def test_fit_records_each_layers_health_and_trains_the_same():
+    from fnn import losses, train
+
+    model, params, state, x, y, opt = _deep_sigmoid_problem()
+
+    def fit(**kw):
+        return train.fit(model, losses.mse, opt, params, state, (x, y), key=0,
+                         epochs=2, batch_size=16, **kw)  # fmt: skip
+
+    plain, seen = fit(), fit(diagnostics=True)
+    # The training step is the same program: bit for bit the same result.
+    assert plain.history["train_loss"] == seen.history["train_loss"]
+    for a, b in zip(jax.tree.leaves(plain[:3]), jax.tree.leaves(seen[:3])):
+        np.testing.assert_array_equal(a, b)
+    assert "grad_norm" not in plain.history
+    history = seen.history
+    for name in ("grad_norm", "update_ratio", "gradient_flags", "activations"):
+        assert len(history[name]) == 2, name
+    denses = ["[0]", *[f"[{i}]" for i in range(2, 18, 2)], "[18]"]
+    assert list(history["grad_norm"][-1]) == denses  # the model's order
+
+    # The last epoch's figures, from its parameters on the first batch.
+    _, grads = backprop.value_and_grad(model, losses.mse)(
+        seen.params, seen.state, x[:16], y[:16]
+    )
+    norms = {k: float(v) for k, v in diagnostics.grad_norms(grads).items()}
+    weights = diagnostics.grad_norms(seen.params)
+    for layer in denses:
+        got = history["grad_norm"][-1][layer]
+        np.testing.assert_allclose(got, norms[layer], rtol=1e-5, atol=1e-30)
+        np.testing.assert_allclose(  # plain SGD: |u| / |w| = lr |g| / |w|
+            history["update_ratio"][-1][layer], 0.1 * norms[layer] / weights[layer],
+            rtol=1e-5, atol=1e-30,
+        )  # fmt: skip
+    # Below the dead ReLU no gradient at all; each sigmoid layer ~0.099x
+    # (from [4] on: [2]'s input is the dead ReLU's 0, so only its bias learns;
+    # the last layers' weights have moved a little from 0.1 in training).
+    assert history["grad_norm"][-1]["[0]"] == 0.0
+    for deeper, shallower in zip(denses[3:-1], denses[2:-2]):
+        ratio = norms[shallower] / norms[deeper]
+        assert 0.08 < ratio < 0.11, (shallower, ratio)
+    flags = history["gradient_flags"][-1]
+    assert flags == {k: "vanishing" if norms[k] < 1e-7 else "ok" for k in denses}
+    assert flags["[0]"] == flags["[2]"] == "vanishing" and flags["[18]"] == "ok"
+    assert history["activations"][-1] == {
+        "[1]": {"relu_dead": 1.0},
+        **{f"[{i}]": {"sigmoid_saturated": 0.0} for i in range(3, 19, 2)},
+    }
+
+
+def test_fit_records_diagnostics_of_a_stream_too():
+    from fnn import losses, optim, train
+
+    model = L.serial(L.Dense(3), L.Tanh, L.Dense(2))
+    _, params, state = model.init(jax.random.key(0), (2,))
+    x = np.full((8, 2), 100.0, np.float32)  # tanh saturated on every unit...
+    y = np.zeros(8, np.int32)
+    result = train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.0), params,
+                       state, [(x, y)] * 3, key=0, epochs=2,
+                       diagnostics=True)  # fmt: skip
+    health = result.history["activations"]
+    # ...unless a unit's two weights cancel out: count them by hand.
+    w, b = params[0]["w"], params[0]["b"]
+    expected = float(np.mean(np.abs(np.tanh(100.0 * w.sum(0) + b)) >= 0.99))
+    assert health == [{"[1]": {"tanh_saturated": expected}}] * 2
+    assert result.history["update_ratio"][0] == {"[0]": 0.0, "[2]": 0.0}  # lr 0

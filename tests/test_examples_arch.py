@@ -1,7 +1,11 @@
 """The architecture examples' ``--quick`` runs: each checks its gradients
 (manual against autodiff) and shows what it is about, in seconds."""
 
+import os
+import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,47 @@ def test_transformer_trains_the_steps_it_reports():
     assert chunk_sizes(500, 250) == [250, 250]
     assert chunk_sizes(250, 250) == [250]
     assert chunk_sizes(100, 250) == [100]
+
+
+@pytest.mark.slow
+def test_conv_autoencoder(tmp_path):
+    # ConvTranspose and Upsample on the way back up; 4 epochs of the digits.
+    r = run("autoencoder", tmp_path, "--model", "conv", "--epochs", "4")
+    assert r["mse_after"] < r["mse_mean_image"] < r["mse_before"]
+
+
+@pytest.mark.slow
+def test_resnet_with_projection_shortcuts_and_augmentation(tmp_path):
+    r = run("resnet", tmp_path, "--dataset", "digits")
+    assert r["accuracy"] >= 0.6  # 10 short epochs of 460 images; chance is 0.1
+
+
+@pytest.mark.slow
+def test_transfer_learning(tmp_path):
+    r = run("transfer_learning", tmp_path)
+    assert r["task_a_accuracy"] >= 0.9
+    assert r["body_unchanged"]  # optim.freeze: exactly zero updates
+    assert set(r["accuracy"]) == {"frozen body", "from scratch", "fine-tuned"}
+    assert min(r["accuracy"].values()) > 0.6  # 5 classes from 25 images
+
+
+@pytest.mark.slow
+def test_dcgan_generator_moves_towards_digits(tmp_path):
+    # In a subprocess at XLA's default optimisation level: at the suite's -O0
+    # the convolutions of 60 training steps alone take ~25 s of CPU.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(EXAMPLES.parent)
+    plot = tmp_path / "dcgan.png"
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "dcgan.py"), "--quick", "--plot", str(plot)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("all leaves agree") == 2  # D, and serial(G, D)
+    found = re.search(r"digit: ([\d.]+) at init, ([\d.]+) after 60 steps", out.stdout)
+    before, after = float(found.group(1)), float(found.group(2))
+    assert after < 0.8 * before
+    assert plot.stat().st_size > 1000

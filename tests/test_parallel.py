@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -58,6 +59,71 @@ def test_two_in_process_devices_train_like_one(scaled):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _small_problem():
+    model = L.serial(L.Dense(4), L.Relu, L.Dense(2))
+    _, params, state = model.init(jax.random.key(0), (3,))
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    y = np.array([0, 1, 1, 0], np.int32)
+    return model, params, state, x, y
+
+
+@pytest.mark.parametrize(
+    "x_rows, y, key, error, message",
+    [
+        (3, None, None, ValueError, "x has 3 examples, not divisible by the 2 dev"),
+        (0, None, None, ValueError, r"the batch of x is empty \(0 examples\)"),
+        (4, np.zeros(2, np.int32), None, ValueError, "x has 4 examples but y has 2"),
+        (4, np.int32(1), None, ValueError, r"y has shape \(\), no batch axis"),
+        (4, None, 3, TypeError, "key must be one PRNG key.* got 3$"),
+        (4, None, "split", TypeError, r"got shape \(2,\) of dtype key<fry>"),
+    ],
+    ids=["indivisible", "empty", "x-y-sizes", "no-batch-axis", "int-key", "two-keys"],
+)
+def test_make_step_refuses_bad_batches_and_keys(x_rows, y, key, error, message):
+    model, params, state, x, y_ok = _small_problem()
+    opt = optim.sgd(0.1)
+    step = parallel.make_step(model, losses.softmax_cross_entropy, opt)
+    y = y_ok[:x_rows] if y is None else y
+    if isinstance(key, str):
+        key = jax.random.split(jax.random.key(0))
+    with pytest.raises(error, match="fnn.parallel.make_step: .*" + message):
+        step(params, state, opt.init(params), x[:x_rows], y, key)
+
+
+def test_make_step_names_an_argument_placed_otherwise():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    model, params, state, x, y = _small_problem()
+    opt = optim.sgd(0.1)
+    step = parallel.make_step(model, losses.softmax_cross_entropy, opt)
+    by_rows = NamedSharding(step.mesh, PartitionSpec("data"))
+    # params[0]['b'] (4,) split over the devices instead of replicated
+    split_b = ({**params[0], "b": jax.device_put(params[0]["b"], by_rows)},)
+    split_b += tuple(params[1:])
+    with pytest.raises(
+        ValueError,
+        match=r"make_step: params\[0\]\['b'\] is placed with .*P\('data',\).* wants "
+        r"it replicated on the devices of its mesh.*jax.device_put\(params, "
+        r"step.replicated\)",
+    ):
+        step(split_b, state, opt.init(params), x, y, None)
+    with pytest.raises(
+        ValueError,
+        match=r"make_step: x is placed with .*P\(\).* wants it split over .*"
+        r"jax.device_put\(x, step.split\)",
+    ):
+        x_replicated = jax.device_put(x, step.replicated)
+        step(params, state, opt.init(params), x_replicated, y, None)
+    # The fix the message gives trains like unplaced arguments do.
+    p, o = jax.tree.map(np.array, params), opt.init(params)
+    expected = step(p, state, o, x, y, None)
+    p = jax.device_put(split_b, step.replicated)
+    got = step(p, state, opt.init(params), jax.device_put(x, step.split), y, None)
+    assert got[0][0]["b"].sharding == step.replicated
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # Several OS processes: jax.distributed on localhost, CPU collectives by gloo
 
@@ -70,36 +136,46 @@ def _free_port():
 
 def _run_workers(n, out_dir, timeout=150):
     """Starts ``n`` worker processes; returns their exit codes and output.
-    Every process is killed if the run outlives ``timeout`` seconds."""
+
+    Once one fails, or the run outlives ``timeout`` seconds, every process
+    still running is killed (a worker whose peer died would otherwise wait
+    for it at the next collective); a killed worker's code is negative."""
     env = {**os.environ, "PYTHONPATH": str(WORKER.parents[2])}
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-W",
-                "error",
-                str(WORKER),
-                str(port),
-                str(n),
-                str(i),
-                str(out_dir / f"process{i}.npz"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(n)
-    ]
+    logs = [out_dir / f"process{i}.log" for i in range(n)]
+    procs = []
     try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+        for i in range(n):
+            with open(logs[i], "w") as log:  # a file: a full pipe would block
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-W",
+                            "error",
+                            str(WORKER),
+                            str(port),
+                            str(n),
+                            str(i),
+                            str(out_dir / f"process{i}.npz"),
+                        ],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            codes = [p.poll() for p in procs]
+            if None not in codes or any(c for c in codes if c is not None):
+                break
+            time.sleep(0.1)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
-    return [p.returncode for p in procs], outputs
+            p.wait()
+    return [p.returncode for p in procs], [log.read_text() for log in logs]
 
 
 def test_two_processes_match_one_process_with_batch_norm(tmp_path):
@@ -112,6 +188,15 @@ def test_two_processes_match_one_process_with_batch_norm(tmp_path):
             break
     assert codes == [0, 0], "\n".join(outputs)
     assert all("a local batch of 3 trained" in out for out in outputs), outputs
+    # Checkpoints: process 0 refused to save an array split across processes
+    # and saved the replicated state; each process loaded its own rows.
+    assert (
+        "process 0: refused: checkpoint.save: leaf ['x'] is split across "
+        "processes" in outputs[0]
+    ), outputs[0]
+    assert "process 0 holds 20 of its 40 elements" in outputs[0]
+    assert "process 0: loaded its rows 0-4" in outputs[0]
+    assert "process 1: loaded its rows 4-8" in outputs[1]
 
     spec = importlib.util.spec_from_file_location("multiprocess_worker", WORKER)
     worker = importlib.util.module_from_spec(spec)
@@ -133,11 +218,15 @@ def test_two_processes_match_one_process_with_batch_norm(tmp_path):
     assert len(expected) == 8
     for i in range(2):
         got = np.load(tmp_path / f"process{i}.npz")
-        assert sorted(got.files) == sorted(expected)
+        resumed = [f"resumed_{name}" for name in expected]
+        assert sorted(got.files) == sorted([*expected, *resumed])
         for name, want in expected.items():
             np.testing.assert_allclose(
                 got[name], want, rtol=2e-5, atol=1e-6, err_msg=name
             )
+            # Stopped after STOP steps, saved by process 0, loaded by both,
+            # finished: the same bits as the uninterrupted run.
+            assert got[name].tobytes() == got[f"resumed_{name}"].tobytes(), name
     # Had the processes not shared their batch statistics, each would match
     # one process on its own half, which differs.
     half = one_process(x[:4], y[:4])

@@ -193,6 +193,7 @@ def test_early_stopping_returns_the_best_parameters():
     )
     history = result.history["val_loss"]
     assert result.stopped and "early stopping" in result.stopped
+    assert "the validation loss has not improved for" in result.stopped
     assert len(history) < 50
     best = int(np.argmin(history))
     assert len(history) == best + 1 + 3
@@ -280,7 +281,8 @@ def _diverging(rate, scan=True, epochs=3):
 
 
 def _point(stopped):
-    """``(epoch, step)`` of the point a rollback message names."""
+    """``(epoch, step)`` of the point a rollback message returns."""
+    stopped = stopped.split("returning")[1]
     m = re.search(r"after epoch (\d+), step (\d+)", stopped)
     if m:
         return tuple(map(int, m.groups()))
@@ -301,6 +303,9 @@ def test_fit_rolls_back_to_the_last_parameters_with_a_finite_loss(rate, scan):
     m = re.search(r"non-finite loss \S+ at epoch (\d+), step (\d+)", result.stopped)
     assert m, result.stopped
     epoch, step = map(int, m.groups())
+    computed_from = f"after epoch {epoch}, step {step - 1}" if step > 1 else (
+        f"at the start of epoch {epoch}")  # fmt: skip
+    assert f"computed from the parameters {computed_from}; " in result.stopped
     assert len(result.history["train_loss"]) == epoch - 1  # finished epochs only
     assert _finite((result.params, result.state, result.opt_state))
     pred, _ = model.apply(result.params, result.state, x)
@@ -380,7 +385,7 @@ def test_patience_and_divergence_return_one_consistent_epoch():
                        epochs=6, patience=10, **kwargs)  # fmt: skip
     assert "non-finite loss" in result.stopped and "at epoch 4" in result.stopped
     best = int(np.argmin(result.history["val_loss"])) + 1
-    assert f"of epoch {best}, the best" in result.stopped
+    assert f"after epoch {best}, the best (validation loss " in result.stopped
     again = train.fit(model, losses.softmax_cross_entropy, optim.sgd(rate),
                       params, state, (x, y), epochs=best, **kwargs)  # fmt: skip
     for a, b in zip(jax.tree.leaves(result[:3]), jax.tree.leaves(again[:3])):
@@ -612,8 +617,14 @@ def test_bar_lines_fit_every_width():
             assert len(line) <= width - 1, (width, line)
             assert line.startswith(f"epoch 12/100 {done}/20")
     assert bar_line(1, 2, 5, 20, 80, rate=2.0) == (
-        "epoch 1/2 5/20 [=======.......................] 2.0 steps/s ETA 0:08")
-    assert bar_line(1, 2, 5, None, 80, rate=0.5) == "epoch 1/2 5 2.00 s/step"
+        "epoch 1/2 5/20 [=====...............] 2.0 steps/s ETA 0:08")
+    # The bar keeps its width on 80 columns as the rate and loss appear...
+    full = bar_line(10, 100, 120, 469, 80, rate=812.3, loss=0.2315)
+    assert full == ("epoch 10/100 120/469 [=====...............] 812.3 steps/s "
+                    "ETA 0:00 loss 0.2315")  # fmt: skip
+    # ...and a diverging loss does not print 25 digits.
+    assert bar_line(1, 2, 5, None, 80, rate=0.5, loss=4e24) == (
+        "epoch 1/2 step 5 2.00 s/step loss 4e+24")
 
 
 def test_an_epoch_in_parts_equals_the_epoch_in_one_call():
@@ -745,8 +756,19 @@ def test_progress_under_an_80_column_terminal():
 # Streams of batches
 
 
-def test_a_stream_trains_exactly_as_arrays_do():
+@pytest.mark.parametrize(
+    "scan, chunk_bytes", [(True, None), (True, 400), (False, None)]
+)
+def test_a_stream_trains_exactly_as_arrays_do(scan, chunk_bytes, monkeypatch):
+    # scan: 25 steps an epoch run as a chunk of 16 steps and one of 9; with
+    # chunks of at most 400 bytes (a batch holds 120), as 8 of 3 and one of 1.
+    from fnn import _stream
     from fnn._epoch import shuffled_batches
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(_stream, "CHUNK_BYTES", chunk_bytes)
+        batch = np.zeros((10, 2), np.float32), np.zeros(10, np.int32)
+        assert _stream.chunk_steps(*batch) == 3
 
     model, params, state, x, y = _bn_problem()
     model = L.serial(model, L.Dropout(0.2))
@@ -755,13 +777,14 @@ def test_a_stream_trains_exactly_as_arrays_do():
     xs, ys = np.asarray(x), np.asarray(y)
 
     def stream(epoch):  # fit's own order, read from host arrays
-        for idx in shuffled_batches(seed, epoch, len(xs), 64, len(xs) // 64):
+        for idx in shuffled_batches(seed, epoch, len(xs), 10, len(xs) // 10):
             yield xs[idx], ys[idx]
 
     loss, opt = losses.softmax_cross_entropy, optim.adam(1e-2)
     arrays = train.fit(model, loss, opt, params, state, (x, y), key=KEY, epochs=2,
-                       batch_size=64, scan=False)  # fmt: skip
-    streamed = train.fit(model, loss, opt, params, state, stream, key=KEY, epochs=2)
+                       batch_size=10, scan=scan)  # fmt: skip
+    streamed = train.fit(model, loss, opt, params, state, stream, key=KEY, epochs=2,
+                         scan=scan)  # fmt: skip
     assert arrays.history["train_loss"] == streamed.history["train_loss"]
     for a, b in zip(jax.tree.leaves(arrays[:3]), jax.tree.leaves(streamed[:3])):
         np.testing.assert_array_equal(a, b)
@@ -788,6 +811,14 @@ def test_a_stream_is_checked_and_rolled_back_like_arrays():
     assert "non-finite loss" in result.stopped
     pred, _ = model.apply(result.params, result.state, x)
     assert _finite(result.params) and np.isfinite(float(losses.mse(pred, y)))
+    # Arrays of 40 copies of the batch (any shuffle gives the same batches):
+    # the same stop, message and rolled-back state, bit for bit.
+    arrays = train.fit(model, losses.mse, optax.sgd(1e3), params, state,
+                       (np.tile(x, (40, 1)), np.tile(y, (40, 1))), key=KEY,
+                       epochs=2, batch_size=16)  # fmt: skip
+    assert result.stopped == arrays.stopped
+    for a, b in zip(jax.tree.leaves(result[:3]), jax.tree.leaves(arrays[:3])):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_prefetch_puts_batches_on_the_device_ahead_of_their_step():
@@ -804,3 +835,33 @@ def test_prefetch_puts_batches_on_the_device_ahead_of_their_step():
         assert isinstance(xb, jax.Array) and float(xb[0, 0]) == i
         assert host[0][0, 0] == i
         assert len(pulled) == min(5, i + 3)  # two more already transferred
+
+
+def test_fit_streams_from_memory_mapped_files_as_from_memory(tmp_path):
+    # fnn.data.memmap_batches end to end: the batches read from .npy files
+    # train bit for bit as the same batches gathered from arrays in memory.
+    (x, y), _ = data.spirals(120, classes=3)  # 96 to train on
+    x, y = np.asarray(x), np.asarray(y)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+
+    def from_files(epoch):
+        files = (tmp_path / "x.npy", tmp_path / "y.npy")
+        return data.memmap_batches(*files, 32, seed=5, epoch=epoch,
+                                   drop_remainder=True)  # fmt: skip
+
+    def from_memory(epoch):
+        order = np.random.default_rng([5, epoch]).permutation(len(x))
+        return [(x[i], y[i]) for i in order[:96].reshape(3, 32)]
+
+    model = L.serial(L.Dense(8), L.Relu, L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    loss, opt = losses.softmax_cross_entropy, optim.adam(1e-2)
+    results = [train.fit(model, loss, opt, params, state, source, key=KEY, epochs=3)
+               for source in (from_files, from_memory)]  # fmt: skip
+    files, memory = results
+    assert len(files.history["train_loss"]) == 3
+    assert files.history["train_loss"] == memory.history["train_loss"]
+    for a, b in zip(jax.tree.leaves(files[:3]), jax.tree.leaves(memory[:3])):
+        np.testing.assert_array_equal(a, b)
+    assert files.history["train_loss"][-1] < files.history["train_loss"][0]

@@ -1,0 +1,93 @@
+"""fnn.initializers draw JAX's own values, without a compile per shape.
+
+Eager draws go through one compiled chunk program (``CHUNK`` values at an
+offset); these tests hold them to bitwise equality with
+``jax.nn.initializers`` (the reference, drawing the shape directly), across
+chunk boundaries, typed and raw keys, and the traced fallback.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fnn import initializers as I
+
+KEY = jax.random.key(3)
+# Two chunks and a cut in the second: (300, 300) holds 90,000 > CHUNK values.
+SHAPES = [(3, 4), (300, 300), (3, 3, 2, 5)]
+
+
+def _same(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+def test_chunk_is_smaller_than_the_two_chunk_shape():
+    assert I.CHUNK < 300 * 300 < 2 * I.CHUNK
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lecun_normal_is_bitwise_jax_across_chunks(shape):
+    _same(I.lecun_normal()(KEY, shape), jax.nn.initializers.lecun_normal()(KEY, shape))
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (I.he_normal(), jax.nn.initializers.he_normal()),
+        (I.glorot_normal(), jax.nn.initializers.glorot_normal()),
+        (I.glorot_uniform(), jax.nn.initializers.glorot_uniform()),
+        (I.he_uniform(), jax.nn.initializers.he_uniform()),
+        (I.lecun_uniform(), jax.nn.initializers.lecun_uniform()),
+        (I.normal(0.5), jax.nn.initializers.normal(0.5)),
+        (I.uniform(scale=2.0), jax.nn.initializers.uniform(scale=2.0)),
+        (
+            I.truncated_normal(0.7, lower=-1.0, upper=3.0),
+            jax.nn.initializers.truncated_normal(0.7, lower=-1.0, upper=3.0),
+        ),
+        (
+            I.variance_scaling(0.5, "fan_geo_avg", "normal", in_axis=0),
+            jax.nn.initializers.variance_scaling(
+                0.5, "fan_geo_avg", "normal", in_axis=0
+            ),
+        ),
+        (I.constant(0.1), jax.nn.initializers.constant(0.1)),
+        (I.zeros, jax.nn.initializers.zeros),
+        (I.ones, jax.nn.initializers.ones),
+    ],
+    ids=repr,
+)
+def test_every_named_initializer_is_bitwise_jax(ours, theirs):
+    _same(ours(KEY, (5, 7)), theirs(KEY, (5, 7)))
+
+
+def test_a_raw_uint32_key_draws_the_same_as_jax():
+    raw = jax.random.PRNGKey(5)
+    shape = (3, 4)
+    _same(I.lecun_normal()(raw, shape), jax.nn.initializers.lecun_normal()(raw, shape))
+
+
+def test_traced_and_other_dtype_draws_fall_back_to_jax():
+    jitted = jax.jit(lambda k: I.lecun_normal()(k, (3, 4)))
+    _same(jitted(KEY), jax.nn.initializers.lecun_normal()(KEY, (3, 4)))
+    keys = jax.random.split(KEY, 2)
+    batched = jax.vmap(lambda k: I.lecun_normal()(k, (3, 4)))(keys)
+    _same(batched[1], jax.nn.initializers.lecun_normal()(keys[1], (3, 4)))
+    half = I.lecun_normal()(KEY, (3, 4), jnp.bfloat16)
+    _same(half, jax.nn.initializers.lecun_normal()(KEY, (3, 4), jnp.bfloat16))
+
+
+def test_new_shapes_reuse_one_compiled_draw():
+    init = I.he_normal()
+    init(KEY, (2, 3))  # compiles the truncated-normal chunk if nothing has yet
+    before = I._chunk._cache_size()
+    for shape in [(4, 5), (6, 7, 8), (9, 10), (300, 300)]:
+        init(KEY, shape)
+    assert I._chunk._cache_size() == before
+
+
+def test_errors_stay_jax_own():
+    with pytest.raises(ValueError, match="1-dimensional"):
+        I.lecun_normal()(KEY, (5,))
