@@ -264,10 +264,14 @@ class InMemory:
     def __init__(self, x, y, key, batch_size, step, scan, augment):
         self.x, self.y, self.key, self.batch_size = x, y, key, batch_size
         self.num_steps = len(x) // batch_size
-        self.probe = (x[:batch_size], y[:batch_size])
         self.seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
         self.run = (scanned if scan else looped)(step, augment)
         self.segments: list[Segment] = []
+
+    @property
+    def probe(self):
+        """The first ``batch_size`` examples (sliced only when asked)."""
+        return self.x[: self.batch_size], self.y[: self.batch_size]
 
     def inputs(self, epoch):
         """``(x, y, batches, keys)`` of epoch ``epoch``."""

@@ -210,10 +210,10 @@ class Stream:
 
     def _run_chunks(self, carry, epoch, display):
         parts, done, pending = [], 0, None
-        for host, (xs, ys, count) in prefetch(self._chunks(epoch, display), size=1):
+        for host, (xs, ys, steps) in prefetch(self._chunks(epoch, display), size=1):
             anchor, start, n = carry, done, int(host[2])
             carry, values = self.chunk(carry, xs, ys, self.key, epoch,
-                                       np.int32(start), count)  # fmt: skip
+                                       np.int32(start), steps)  # fmt: skip
 
             def rerun(carry, count, xs=xs, ys=ys, start=start):
                 args = (self.key, epoch, np.int32(start), np.int32(count))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.diagnostics import grad_norms, is_chain, kind_of
+from fnn.diagnostics import grad_norms, is_chain, kind_of, unwrap
 from fnn.protocol import Layer, check_params, per_example_shape
 
 METHODS = ("autodiff", "manual")
@@ -63,7 +63,7 @@ def cast_floats(tree, dtype):
 def _last_layer(model: Layer) -> Layer:
     """The layer whose output is the model's, down nested ``serial`` chains."""
     while is_chain(model):
-        model = model.layers[-1]
+        model = unwrap(model).layers[-1]
     return model
 
 
@@ -281,7 +281,13 @@ def manual_vjp(layer: Layer) -> Layer:
         return y, new_state, cache
 
     return Layer(
-        layer.init, forward, layer.backward, f"manual_vjp({layer.name})", (layer,)
+        layer.init,
+        forward,
+        layer.backward,
+        f"manual_vjp({layer.name})",
+        (layer,),
+        layer.scans_well,
+        kind="manual_vjp",
     )
 
 

@@ -26,12 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from fnn import activation_layers
-from fnn.combinators import serial
 from fnn.protocol import Layer
-
-# Every ``serial`` shares its backward's code object: that, not the name
-# string, says a layer is a chain of children applied one after the other.
-_SERIAL_CODE = serial(activation_layers.Identity).backward.__code__
 
 #: A unit is saturated where the activation's slope is below ~1% of its peak.
 SATURATION = {"Sigmoid": (0.01, 0.99), "Tanh": (-0.99, 0.99)}
@@ -39,13 +34,19 @@ SATURATION = {"Sigmoid": (0.01, 0.99), "Tanh": (-0.99, 0.99)}
 VANISHING, EXPLODING = 1e-7, 1e3
 
 
+def unwrap(layer: Layer) -> Layer:
+    """The layer inside any ``manual_vjp`` wrappers (same params and maths)."""
+    while layer.kind == "manual_vjp":
+        layer = layer.layers[0]
+    return layer
+
+
 def is_chain(layer: Layer) -> bool:
     """Whether ``layer`` is a ``serial`` chain (also under ``manual_vjp``).
 
-    ``manual_vjp`` keeps its layer's ``backward``, so a wrapped chain is
-    still one, with its chain as its one child.
+    Read from the protocol's ``Layer.kind``, never from the name string.
     """
-    return bool(layer.layers) and layer.backward.__code__ is _SERIAL_CODE
+    return unwrap(layer).kind == "serial"
 
 
 def kind_of(layer: Layer) -> str | None:
@@ -159,8 +160,7 @@ def _walk(model, params, state, x, key, train, prefix, out):
             figure = "relu_dead" if kind == "Relu" else f"{kind.lower()}_saturated"
             out[prefix or "(root)"] = {figure: _stuck_units(kind, y)}
         return y
-    while len(model.layers) == 1 and model.backward is model.layers[0].backward:
-        model = model.layers[0]  # manual_vjp around a chain: the chain itself
+    model = unwrap(model)  # manual_vjp around a chain: the chain itself
     keys = (
         [None] * len(model.layers)
         if key is None

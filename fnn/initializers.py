@@ -112,14 +112,14 @@ def _eager(key) -> bool:
 
 def _threefry_words(key):
     """The two uint32 words of a concrete threefry ``key``, or None."""
-    if not jax.config.jax_threefry_partitionable:
+    if not getattr(jax.config, "jax_threefry_partitionable", False):
         return None
     try:
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
                 return None
             key = jax.random.key_data(key)
-        elif jax.config.jax_default_prng_impl != "threefry2x32":
+        elif getattr(jax.config, "jax_default_prng_impl", None) != "threefry2x32":
             return None
         words = np.asarray(key)
     except (AttributeError, TypeError, ValueError):

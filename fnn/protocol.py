@@ -106,7 +106,9 @@ class Layer(NamedTuple):
         are walked.
       kind: what the layer is, for tools that walk a model: ``"serial"``
         and ``"residual"`` for the blocks :func:`fnn.layers.summary`
-        expands, ``"layer"`` otherwise. Never parse ``name`` for this.
+        expands, ``"manual_vjp"`` for :func:`fnn.backprop.manual_vjp`'s
+        wrapper (its one child is the wrapped layer), ``"layer"``
+        otherwise. Never parse ``name`` for this.
     """
 
     init: Callable[..., tuple[Any, Params, State]]
