@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.diagnostics import grad_norms, is_chain, kind_of, unwrap
+from fnn.losses import check_loss
 from fnn.protocol import Layer, check_params, per_example_shape
 
 METHODS = ("autodiff", "manual")
@@ -155,6 +156,7 @@ def value_and_grad(
         ``.grad``; a regularizer that is not callable.
     """
     _check_method(method)
+    check_loss("value_and_grad", loss)
     _check_regularizer(regularizer, method)
     _refuse_double_link(model, loss)
 

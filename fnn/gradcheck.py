@@ -124,11 +124,14 @@ class GradCheckReport:
         fd_atol = self.rows[0].fd_atol if self.rows else FD_ATOL
         lines += [
             verdict,
-            "a comparison passes on abs (abs error <= atol) or rel (rel error <= rtol)",
-            f"  manual-autodiff atol {ATOL:g}, rtol {MANUAL_RTOL:g}; autodiff-fd atol "
-            f"{fd_atol:.3g} (= {FD_ATOL:g} x max(1, |loss|)), rtol {FD_RTOL:g}.",
-            "A leaf whose true gradient is 0 (a bias before BatchNorm) passes on "
-            "abs: its rel error divides round-off by ~0 and means nothing.",
+            # Prose lines kept under 80 columns: the table above is as wide
+            # as its numbers need, the explanation need not be.
+            "a comparison passes on abs (abs error <= atol) or rel (rel error <= rtol):",
+            f"  manual-autodiff atol {ATOL:g}, rtol {MANUAL_RTOL:g};",
+            f"  autodiff-fd atol {fd_atol:.3g} (= {FD_ATOL:g} x max(1, |loss|)), "
+            f"rtol {FD_RTOL:g}.",
+            "A leaf whose true gradient is 0 (a bias before BatchNorm) passes on abs:",
+            "its rel error divides round-off by ~0 and means nothing.",
         ]
         return "\n".join(lines)
 

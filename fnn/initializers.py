@@ -133,15 +133,19 @@ def _host_draw(key, distribution, bounds, n):
     words = None if _OFFSET_IMPL is None else _threefry_words(key)
     if words is None:
         return None
+    starts = range(0, n, CHUNK)
     calls = [
         _chunk(
             np.array([words[0], words[1], start >> 32, start & 0xFFFFFFFF], np.uint32),
             distribution,
             bounds,
         )
-        for start in range(0, n, CHUNK)
+        for start in starts
     ]
-    return np.concatenate([np.asarray(c) for c in calls])[:n]
+    out = np.empty(n, np.float32)
+    for start, values in zip(starts, calls):
+        out[start : start + CHUNK] = np.asarray(values)[: n - start]
+    return out
 
 
 def _compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):
@@ -224,13 +228,19 @@ def _fast_init(plan, key, shape, dtype):
     kind, bounds, factor = steps
     if kind == "fill":
         value = np.asarray(bounds)
-        if dtype.kind not in "biuf" or value.dtype.kind not in "biuf":
-            return None
+        exact = value.dtype.kind in "biu" and np.all((value == 0) | (value == 1))
+        if not (dtype.kind == "f" and value.dtype.kind in "biuf") and not (
+            dtype.kind in "biu" and exact
+        ):
+            return None  # casts and overflow as jnp.full does them
         return jnp.asarray(np.full(shape, value, dtype))
     if dtype != np.float32:
         return None
     flat = _host_draw(key, kind, bounds, math.prod(shape))
-    return None if flat is None else jnp.asarray(flat.reshape(shape) * factor)
+    if flat is None:
+        return None
+    flat *= factor  # float32 times float32, rounded as XLA rounds it
+    return jnp.asarray(flat.reshape(shape))
 
 
 class Initializer:
@@ -284,7 +294,10 @@ def _named(factory, plan=None):
         if plan is not None:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            steps = plan(bound.arguments)
+            try:
+                steps = plan(bound.arguments)
+            except (TypeError, ValueError):  # odd arguments: JAX's own path
+                steps = None
         return Initializer(fn, f"{factory.__name__}({', '.join(shown)})", steps)
 
     return make

@@ -68,6 +68,7 @@ __all__ = [
     "Penalty",
     "accuracy",
     "binary_cross_entropy",
+    "check_loss",
     "check_targets",
     "cross_entropy",
     "hinge",
@@ -377,3 +378,47 @@ def check_targets(loss, pred_shape: tuple, target, dtype=jnp.float32) -> None:
       ValueError: softmax_cross_entropy: labels must lie in [0, 10) for 10 classes...
     """
     jax.eval_shape(lambda p: loss(p, target), jax.ShapeDtypeStruct(pred_shape, dtype))
+
+
+# Keras' and PyTorch's names for the losses above, for the error a string
+# where a loss goes gets: the habit names the fix.
+_OTHER_NAMES = {
+    "mean_squared_error": "mse",
+    "mseloss": "mse",
+    "mean_absolute_error": "mae",
+    "l1loss": "mae",
+    "categorical_crossentropy": "softmax_cross_entropy",
+    "sparse_categorical_crossentropy": "softmax_cross_entropy",
+    "crossentropyloss": "softmax_cross_entropy",
+    "binary_crossentropy": "sigmoid_binary_cross_entropy",
+    "bcewithlogitsloss": "sigmoid_binary_cross_entropy",
+    "bceloss": "binary_cross_entropy",
+    "hinge_loss": "hinge",
+}
+
+
+def check_loss(who: str, loss) -> None:
+    """Refuses anything but a function ``loss(pred, target) -> scalar``.
+
+    A string (Keras' ``loss="mse"`` habit) gets the fnn function to write
+    instead, found under its fnn, Keras or PyTorch name.
+
+    Args:
+      who: the function asking, for the message (``"fit"``).
+      loss: what the caller passed as the loss.
+
+    Raises:
+      TypeError: when ``loss`` is not callable.
+    """
+    if callable(loss):
+        return
+    hint = ""
+    if isinstance(loss, str):
+        key = loss.strip().lower().replace("-", "_").replace(" ", "_")
+        name = _OTHER_NAMES.get(key, key)
+        if any(f.name == name for f in LOSSES):
+            hint = f"; for {loss!r} write fnn.losses.{name} (the function, no quotes)"
+    raise TypeError(
+        f"{who}: loss must be a function loss(pred, target) -> scalar, such as "
+        f"fnn.losses.softmax_cross_entropy, got {loss!r}{hint}"
+    )

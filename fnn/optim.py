@@ -223,6 +223,35 @@ def adam(
     )
 
 
+def check_optimizer(who: str, optimizer) -> None:
+    """Refuses anything but an optax ``GradientTransformation``.
+
+    Args:
+      who: the function asking, for the message (``"fit"``).
+      optimizer: what the caller passed as the optimizer.
+
+    Raises:
+      TypeError: when ``optimizer`` has no ``init`` and ``update`` functions;
+        a string (Keras' ``optimizer="adam"``) is told the call to write.
+    """
+    if callable(getattr(optimizer, "init", None)) and callable(
+        getattr(optimizer, "update", None)
+    ):
+        return
+    hint = ""
+    if isinstance(optimizer, str) and optimizer.strip().lower() in _OPTIMIZERS:
+        name = optimizer.strip().lower()
+        hint = f"; for {optimizer!r} write fnn.optim.{name}({_OPTIMIZERS[name]})"
+    raise TypeError(
+        f"{who}: optimizer must be an optax.GradientTransformation such as "
+        f"fnn.optim.adam(1e-3) or optax.sgd(0.1), got {optimizer!r}{hint}"
+    )
+
+
+#: fnn's optimizers, with the learning rate the error above suggests.
+_OPTIMIZERS = {"sgd": "0.1", "momentum": "0.1", "adam": "1e-3"}
+
+
 def gradient_step(
     grad_fn: Callable, optimizer: optax.GradientTransformation
 ) -> Callable:
@@ -248,6 +277,7 @@ def gradient_step(
       opt_state, loss)``, to be jitted by the caller (``fnn.train.make_step``
       does, donating the first three).
     """
+    check_optimizer("gradient_step", optimizer)
     optimizer = optax.with_extra_args_support(optimizer)
 
     def step(params, state, opt_state, x, y, key):
@@ -347,6 +377,7 @@ __all__ = [
     "LossScaleState",
     "MomentumState",
     "adam",
+    "check_optimizer",
     "dynamic_loss_scale",
     "freeze",
     "gradient_step",

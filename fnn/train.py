@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn import _backend, _epoch, backprop, metrics, optim
+from fnn import _backend, _epoch, backprop, losses, metrics, optim
 from fnn import _train_checks as checks
 from fnn.diagnostics import recorder
 from fnn.early_stopping import EarlyStopping
@@ -97,6 +97,8 @@ def make_step(
       compile; with ``make_step``, check them yourself once, e.g.
       ``assert 0 <= y.min() and y.max() < C``.
     """
+    losses.check_loss("make_step", loss)
+    optim.check_optimizer("make_step", optimizer)
     return jax.jit(
         _step_fn(model, loss, optimizer, method, compute_dtype, regularizer),
         donate_argnums=(0, 1, 2),
@@ -135,6 +137,7 @@ def evaluate(
       ValueError: for empty or mismatched data, or labels out of range.
       TypeError: for a ``batch_size`` that is not an int.
     """
+    losses.check_loss("evaluate", loss)
     batch_size = checks.count("evaluate", "batch_size", batch_size)
     x, y = checks.arrays("evaluate", (x, y), "data")
     pred_shape = checks.output_shape(model, params, state, x)
@@ -342,6 +345,8 @@ def fit(
     Raises:
       TypeError, ValueError: for bad arguments, before anything compiles.
     """
+    losses.check_loss("fit", loss)
+    optim.check_optimizer("fit", optimizer)
     epochs, initial_epoch = checks.epochs(epochs, initial_epoch)
     key = checks.prng_key(key)
     if patience is not None:

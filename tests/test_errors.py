@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fnn import backprop, checkpoint, losses
+from fnn import backprop, checkpoint, losses, optim, train
 from fnn import layers as L
 from fnn.attention import Embedding, MultiHeadAttention
 from fnn.checkpoint import CheckpointError
@@ -218,6 +218,28 @@ BAD_INPUTS = [
         TypeError,
         r"Dropout\(0.5\): expected a PRNG key, got int 0; make one from a seed "
         r"with jax.random.key\(seed\)",
+    ),
+    (
+        "a string where a loss goes (Keras' habit)",
+        lambda _: backprop.value_and_grad(L.serial(L.Dense(3)), "mse"),
+        TypeError,
+        r"value_and_grad: loss must be a function loss\(pred, target\) -> scalar, "
+        r"such as fnn.losses.softmax_cross_entropy, got 'mse'; for 'mse' write "
+        r"fnn.losses.mse \(the function, no quotes\)",
+    ),
+    (
+        "Keras' name of a loss",
+        lambda _: train.make_step(L.Dense(3), "categorical_crossentropy", optim.adam()),
+        TypeError,
+        r"make_step: loss must be .* write fnn.losses.softmax_cross_entropy",
+    ),
+    (
+        "a string where the optimizer goes",
+        lambda _: train.make_step(L.Dense(3), losses.mse, "adam"),
+        TypeError,
+        r"make_step: optimizer must be an optax.GradientTransformation such as "
+        r"fnn.optim.adam\(1e-3\) or optax.sgd\(0.1\), got 'adam'; for 'adam' "
+        r"write fnn.optim.adam\(1e-3\)",
     ),
     (
         "a checkpoint of other shapes",

@@ -19,6 +19,8 @@ import pytest
 import fnn
 from fnn import data, train
 
+from terminal import run_in_a_terminal, screen
+
 ROOT = Path(__file__).parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -209,3 +211,21 @@ def test_exploding_gradients_stop_fit_and_clipping_tames_them():
     first = r["clipped"]["first_losses"]
     assert first[-1] < 0.5 * first[0]  # clipped steps bring the loss down
     assert wrote("eg.png")
+
+
+def test_main_job_reads_cleanly_in_an_80_column_terminal(tmp_path):
+    # What a user sees: the bar redraws on stderr, the epoch lines go to
+    # stdout (verbose), both on one 80-column terminal.
+    argv = [sys.executable, str(EXAMPLES / "mnist_mlp.py"), "--quick",
+            "--plot", "c.png", "--features-plot", "f.png"]  # fmt: skip
+    raw = run_in_a_terminal(argv, 80, cwd=tmp_path)
+    lines, _ = screen(raw)
+    # Only what is redrawn in place must fit (a wider plain line just wraps;
+    # a wider redraw stacks up): the parts of lines that hold a redraw.
+    redrawn = [p for line in raw.split("\n") if "\r" in line for p in line.split("\r")]
+    assert redrawn, "no progress bar was drawn"
+    assert max(map(len, redrawn)) <= 80, max(redrawn, key=len)
+    epochs = [int(m[1]) for s in lines if (m := re.match(r"epoch +(\d+)  train", s))]
+    assert epochs and epochs == sorted(set(epochs)), lines  # each epoch once
+    assert "compiling" in raw
+    assert any(s.startswith("test accuracy") for s in lines), lines

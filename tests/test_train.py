@@ -1,6 +1,7 @@
 """fnn.train: steps compile once, fit learns, stops early and on NaN."""
 
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ import pytest
 
 from fnn import data, losses, optim, train
 from fnn import layers as L
+
+from terminal import run_in_a_terminal, screen
 
 KEY = jax.random.key(0)
 
@@ -694,55 +697,12 @@ for verbose in (True, False):
 """
 
 
-def _screen(raw: str) -> tuple[list[str], list[str]]:
-    """What a terminal shows (its lines), and every redraw written."""
-    lines, redraws = [], []
-    for line in raw.split("\n"):
-        shown = ""
-        for part in line.split("\r"):
-            redraws.append(part)
-            shown = part + shown[len(part):]
-        lines.append(shown.rstrip())
-    return lines, redraws
-
-
-def _run_in_a_terminal(script: str, columns: int) -> str:
-    """Runs ``script`` with stdin, stdout and stderr on a pseudo-terminal."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=slave,
-                            stdout=slave, stderr=slave, env=env)  # fmt: skip
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    raw = b"".join(chunks).decode().replace("\r\n", "\n")
-    assert proc.wait(timeout=120) == 0, raw
-    return raw
-
-
 def test_progress_under_an_80_column_terminal():
-    raw = _run_in_a_terminal(PTY_SCRIPT, 80)
+    raw = run_in_a_terminal([sys.executable, "-c", PTY_SCRIPT], 80)
     runs = raw.split("--- end of fit\n")
     assert len(runs) == 3 and runs[2] == "", raw
     for run in runs[:2]:  # verbose=True, then verbose=False
-        lines, redraws = _screen(run)
+        lines, redraws = screen(run)
         assert max(map(len, redraws)) <= 80, max(redraws, key=len)
         for epoch in ("1", "2"):  # each epoch's line shows once
             shown = [s for s in lines if re.match(rf"epoch +{epoch}  train loss", s)]
