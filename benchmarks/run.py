@@ -173,9 +173,7 @@ def build_all(workload, names, workers):
         module = CONTENDERS[name][0]
         if module not in workers:
             workers[module] = Worker()
-        reply = workers[module].ask(
-            op="build", workload=workload.name, contender=name
-        )
+        reply = workers[module].ask(op="build", workload=workload.name, contender=name)
         if "skip" in reply:
             skipped[name] = reply["skip"]
             note(f"  {workload.name}: skipping {name}: {skipped[name]}")
@@ -449,9 +447,7 @@ def measure_first_steps(workloads, names, rounds):
         row = {"workload": w, "contender": c, "runs": len(replies)}
         for col in FIRST_COLUMNS:
             row[col] = harness.median([x[col] for x in replies])
-        row["to_first_step"] = harness.median(
-            [x["init"] + x["first"] for x in replies]
-        )
+        row["to_first_step"] = harness.median([x["init"] + x["first"] for x in replies])
         row["all"] = [dict(x) for x in replies]
         rows.append(row)
     floors = {r["workload"]: r for r in rows if r["contender"] == "jax"}

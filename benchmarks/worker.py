@@ -151,9 +151,7 @@ def jax_leaves_of(step):
     if jax is None:
         return None
     return [
-        leaf
-        for leaf in jax.tree_util.tree_leaves(out)
-        if isinstance(leaf, jax.Array)
+        leaf for leaf in jax.tree_util.tree_leaves(out) if isinstance(leaf, jax.Array)
     ]
 
 

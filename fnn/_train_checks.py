@@ -34,8 +34,7 @@ def count(where: str, what: str, value, *, low: int = 1) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{where}: {what} must be an int, got {value!r} "
-            f"({type(value).__name__})"
+            f"{where}: {what} must be an int, got {value!r} ({type(value).__name__})"
         )
     if value < low:
         raise ValueError(f"{where}: {what} must be >= {low}, got {value}")
@@ -85,8 +84,7 @@ def prng_key(key) -> jax.Array:
             return jax.random.wrap_key_data(jnp.asarray(key))
     raise TypeError(
         f"fit: key must be a PRNG key such as jax.random.key(0), or an int "
-        f"seed such as 0; got {type(key).__name__} {getattr(key, 'shape', '')}"
-        .rstrip()
+        f"seed such as 0; got {type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
     )
 
 
@@ -218,8 +216,10 @@ def batch_checker(model: Layer, loss, params, state):
 
 def is_arrays(data) -> bool:
     """``(x, y)`` arrays, rather than a stream of ``(x, y)`` batches."""
-    return isinstance(data, tuple | list) and len(data) == 2 and not any(
-        isinstance(a, tuple) for a in data
+    return (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and not any(isinstance(a, tuple) for a in data)
     )
 
 

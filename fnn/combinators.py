@@ -20,6 +20,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from fnn import initializers
 from fnn.protocol import (
     BATCH_AXIS_HINT,
     Layer,
@@ -40,11 +41,12 @@ from fnn.protocol import (
 def split_key(name, key, n):
     """``n`` keys for a combinator's children, or ``n`` copies of ``None`` for none.
 
-    Under jit a split whose keys no layer uses is dead code: free.
+    Under jit a split whose keys no layer uses is dead code: free; eager,
+    one compiled program serves every ``n`` (``initializers.split``).
     """
     if key is None:
         return (None,) * n
-    return tuple(jax.random.split(check_key(name, key), n))
+    return initializers.split(check_key(name, key), n)
 
 
 def check_layers(name, layers) -> tuple[Layer, ...]:

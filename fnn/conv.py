@@ -18,7 +18,6 @@ backend is :mod:`fnn._backend`'s business, not this module's.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from fnn import _backend, initializers
@@ -68,7 +67,7 @@ def conv_options(kind, features, kernel_size, strides, padding, init_options):
 def conv_params(key, kernel, c, features, use_bias, kernel_init, bias_init):
     """``{"w": (*kernel, c, features), "b": (features,)}``, each from its own
     key (no ``"b"`` without ``use_bias``)."""
-    w_key, b_key = jax.random.split(key)
+    w_key, b_key = initializers.split(key, 2)
     params = {"w": initializers.draw(kernel_init, w_key, (*kernel, c, features))}
     if use_bias:
         params["b"] = initializers.draw(bias_init, b_key, (features,))
@@ -167,9 +166,7 @@ def Conv(
     def init(key, input_shape):
         input_shape = win.init_check(name, input_shape, kernel, padding)
         spatial, c = input_shape[:-1], input_shape[-1]
-        params = conv_params(
-            key, kernel, c, features, use_bias, kernel_init, bias_init
-        )
+        params = conv_params(key, kernel, c, features, use_bias, kernel_init, bias_init)
         out = win.out_spatial(
             spatial, kernel, strides, win.pads(spatial, kernel, strides, padding)
         )

@@ -119,9 +119,7 @@ def ConvTranspose(
     def init(key, input_shape):
         input_shape = win.init_check(name, input_shape, kernel, check_padding)
         spatial, c = input_shape[:-1], input_shape[-1]
-        params = conv_params(
-            key, kernel, c, features, use_bias, kernel_init, bias_init
-        )
+        params = conv_params(key, kernel, c, features, use_bias, kernel_init, bias_init)
         out, _, _ = _geometry(spatial, kernel, strides, padding)
         return (*out, features), params, ()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numbers
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -106,7 +105,7 @@ def Dense(
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape, min_rank=1)
         d = input_shape[-1]
-        key_w, key_b = jax.random.split(check_key(name, key))
+        key_w, key_b = initializers.split(check_key(name, key), 2)
         params = {"w": initializers.draw(kernel_init, key_w, (d, features))}
         if use_bias:
             params["b"] = initializers.draw(bias_init, key_b, (features,))

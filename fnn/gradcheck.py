@@ -126,7 +126,8 @@ class GradCheckReport:
             verdict,
             # Prose lines kept under 80 columns: the table above is as wide
             # as its numbers need, the explanation need not be.
-            "a comparison passes on abs (abs error <= atol) or rel (rel error <= rtol):",
+            "a comparison passes on abs (abs error <= atol) "
+            "or rel (rel error <= rtol):",
             f"  manual-autodiff atol {ATOL:g}, rtol {MANUAL_RTOL:g};",
             f"  autodiff-fd atol {fd_atol:.3g} (= {FD_ATOL:g} x max(1, |loss|)), "
             f"rtol {FD_RTOL:g}.",

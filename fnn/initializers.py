@@ -14,14 +14,16 @@ The functions are ``jax.nn.initializers``' own, wrapped in
 Drawing without a compile per shape: called eagerly, JAX compiles one XLA
 program per random draw and shape (the truncated-normal sampler alone takes
 0.2-1 s to compile on a CPU), which was most of the time a model's ``init``
-took. With JAX's default threefry keys (``jax_threefry_partitionable``, the
-default since JAX 0.5) the random bits of a draw depend only on the key and
+took. With JAX's default threefry keys (``jax_threefry_partitionable``, on
+by default in JAX 0.10) the random bits of a draw depend only on the key and
 each value's flat position, so the named initialisers here draw float32
 values in fixed chunks of :data:`CHUNK` positions, one compiled program for
 every shape, and cut and scale them on the host: the values are *bitwise
 the same* as ``jax.nn.initializers``' (tests check it), from the same
 distributions. Under ``jit``/``vmap``, for other key kinds, other dtypes, or
 if a JAX version lacks the pieces, they call JAX's initialiser directly.
+:func:`split` does the same for ``jax.random.split``: the layers' ``init``
+splits keys with it, one compiled program for every count.
 
 Example:
   >>> from fnn import initializers
@@ -146,6 +148,42 @@ def _host_draw(key, distribution, bounds, n):
     for start, values in zip(starts, calls):
         out[start : start + CHUNK] = np.asarray(values)[: n - start]
     return out
+
+
+# Keys per compiled split: ``split(key, n)`` for every n up to this.
+SPLIT_MAX = 256
+
+
+@jax.jit
+def _split_words(words):
+    """The key words of ``jax.random.split(key, SPLIT_MAX)``: with JAX's
+    partitionable threefry, key ``i`` is ``threefry2x32(key, (0, i))``."""
+    count = jax.lax.iota(np.uint32, SPLIT_MAX)
+    high = jnp.zeros_like(count)
+    return jnp.stack(_xr.threefry2x32_p.bind(words[0], words[1], high, count), 1)
+
+
+def split(key, n: int) -> tuple:
+    """``tuple(jax.random.split(key, n))``: the same keys, from one
+    compiled program for every ``n <= SPLIT_MAX`` when eager (JAX compiles a
+    split and an unstack per ``n``).
+
+    Args:
+      key: a PRNG key (typed, or a raw uint32 pair).
+      n: how many keys.
+
+    Returns:
+      A tuple of ``n`` keys of ``key``'s kind.
+    """
+    words = None
+    if 0 < n <= SPLIT_MAX and _OFFSET_IMPL is not None and _eager(key):
+        words = _threefry_words(key)
+    if words is None:
+        return tuple(jax.random.split(key, n))
+    table = np.asarray(_split_words(words))[:n]
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return tuple(jax.random.wrap_key_data(w, impl="threefry2x32") for w in table)
+    return tuple(jnp.asarray(w) for w in table)
 
 
 def _compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):

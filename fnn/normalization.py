@@ -145,9 +145,7 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         if mode == "batch":
             m = dy.size // dy.shape[-1]
             dx = gain * (
-                dy
-                - per_channel(db / m, dy.ndim)
-                - x_hat * per_channel(dw / m, dy.ndim)
+                dy - per_channel(db / m, dy.ndim) - x_hat * per_channel(dw / m, dy.ndim)
             )
         else:
             dx = gain * dy

@@ -32,8 +32,9 @@ def check_positive_int(name: str, what: str, value) -> int:
     return int(value)
 
 
-def check_real(name: str, what: str, value, *, low=None, high=None,
-               high_open=False, low_open=False) -> float:
+def check_real(
+    name: str, what: str, value, *, low=None, high=None, high_open=False, low_open=False
+) -> float:
     """Validates a real-valued constructor option (``np.float32`` too).
 
     Args:

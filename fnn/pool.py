@@ -31,7 +31,6 @@ from fnn.protocol import (
 )
 
 
-
 def _pool(kind, window, strides, padding, reduce, unreduce) -> Layer:
     """A parameter-free pooling layer.
 

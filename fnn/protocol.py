@@ -252,9 +252,7 @@ def _show(expected) -> str:
     return f"({', '.join(shown)}{comma})"
 
 
-def check_input(
-    name: str, x, expected, *, what: str = "input", hint=None
-) -> None:
+def check_input(name: str, x, expected, *, what: str = "input", hint=None) -> None:
     """Checks at trace time that a batch ``x`` fits a per-example shape.
 
     The one input check of every layer: it reads shapes only, so under

@@ -6,7 +6,7 @@ Backward: where ``x`` feeds both paths, their cotangents add up.
 
 from __future__ import annotations
 
-from fnn.combinators import check_layers, split_key, serial
+from fnn.combinators import check_layers, serial, split_key
 from fnn.protocol import Layer, ShapeError, check_leaves, check_shape, layer_name
 
 

@@ -91,3 +91,16 @@ def test_new_shapes_reuse_one_compiled_draw():
 def test_errors_stay_jax_own():
     with pytest.raises(ValueError, match="1-dimensional"):
         I.lecun_normal()(KEY, (5,))
+
+
+@pytest.mark.parametrize("key", [KEY, jax.random.PRNGKey(9)], ids=["typed", "raw"])
+def test_split_gives_jax_keys_from_one_program(key):
+    for n in (1, 2, 5, I.SPLIT_MAX, I.SPLIT_MAX + 1):
+        ours, theirs = I.split(key, n), tuple(jax.random.split(key, n))
+        assert len(ours) == n
+        for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            _same(a, b)
+    assert I._split_words._cache_size() == 1

@@ -532,7 +532,8 @@ def test_every_epoch_draws_a_new_shuffle_and_new_keys(scan):
     assert len(seen) == 2 * steps
     first, second = seen[:steps], seen[steps:]
     assert {round(float(s), 3) for s, _ in first}.isdisjoint(
-        {round(float(s), 3) for s, _ in second})  # other batches
+        {round(float(s), 3) for s, _ in second}
+    )  # other batches
     assert {u for _, u in first}.isdisjoint({u for _, u in second})  # other keys
 
 
@@ -620,14 +621,16 @@ def test_bar_lines_fit_every_width():
             assert len(line) <= width - 1, (width, line)
             assert line.startswith(f"epoch 12/100 {done}/20")
     assert bar_line(1, 2, 5, 20, 80, rate=2.0) == (
-        "epoch 1/2 5/20 [=====...............] 2.0 steps/s ETA 0:08")
+        "epoch 1/2 5/20 [=====...............] 2.0 steps/s ETA 0:08"
+    )
     # The bar keeps its width on 80 columns as the rate and loss appear...
     full = bar_line(10, 100, 120, 469, 80, rate=812.3, loss=0.2315)
     assert full == ("epoch 10/100 120/469 [=====...............] 812.3 steps/s "
                     "ETA 0:00 loss 0.2315")  # fmt: skip
     # ...and a diverging loss does not print 25 digits.
     assert bar_line(1, 2, 5, None, 80, rate=0.5, loss=4e24) == (
-        "epoch 1/2 step 5 2.00 s/step loss 4e+24")
+        "epoch 1/2 step 5 2.00 s/step loss 4e+24"
+    )
 
 
 def test_an_epoch_in_parts_equals_the_epoch_in_one_call():
