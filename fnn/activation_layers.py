@@ -29,6 +29,22 @@ hand-written derivative ``fnn.activations.derivative(f)``. Softmax and
 log-softmax couple the features, and use their vector-Jacobian products.
 A ``None`` cotangent (fnn's for inputs without a gradient: token ids, a
 bool mask passed through ``Identity``) comes back as ``None``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from fnn.activation_layers import LeakyRelu, Relu
+  >>> x = jnp.array([[-1.0, 0.0, 2.0]])
+  >>> _, params, state = Relu.init(jax.random.key(0), x.shape[1:])
+  >>> params, state
+  ((), ())
+  >>> y, state, cache = Relu.forward(params, state, x)
+  >>> y.tolist()
+  [[0.0, 0.0, 2.0]]
+  >>> _, dx = Relu.backward(params, cache, jnp.ones_like(x))  # dy * relu'(x)
+  >>> dx.tolist()
+  [[0.0, 0.0, 1.0]]
+  >>> [round(v, 4) for v in LeakyRelu(alpha=0.1).apply((), (), x)[0][0].tolist()]
+  [-0.1, 0.0, 2.0]
 """
 
 from __future__ import annotations
@@ -113,6 +129,16 @@ def LeakyRelu(alpha: float = 0.01) -> Layer:
 
     Backward: ``dx = dy * (1 if x >= 0 else alpha)``; at 0 the slope is 1,
     as ``jax.grad(jax.nn.leaky_relu)`` gives.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fnn.activation_layers import LeakyRelu
+      >>> layer = LeakyRelu(alpha=0.5)
+      >>> layer
+      LeakyRelu(alpha=0.5)
+      >>> y, _ = layer.apply((), (), jnp.array([[-2.0, 3.0]]))
+      >>> y.tolist()
+      [[-1.0, 3.0]]
     """
     alpha = check_real("LeakyRelu", "alpha", alpha)
     name = layer_name("LeakyRelu", (), [("alpha", alpha, 0.01)])

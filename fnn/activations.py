@@ -39,7 +39,24 @@ def identity(x: Array) -> Array:
 
 
 def sigmoid(x: Array) -> Array:
-    """``s(x) = 1 / (1 + exp(-x))``; ``s' = s (1 - s)``, from ``s`` so no overflow."""
+    """``s(x) = 1 / (1 + exp(-x))``; ``s' = s (1 - s)``, from ``s`` so no overflow.
+
+    Args:
+      x: any array.
+
+    Returns:
+      ``s(x)``, shaped like ``x``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fnn import activations
+      >>> x = jnp.array([-1.0, 0.0, 2.0])
+      >>> [round(v, 4) for v in activations.sigmoid(x).tolist()]
+      [0.2689, 0.5, 0.8808]
+      >>> ds = activations.derivative(activations.sigmoid)(x)  # s (1 - s)
+      >>> [round(v, 4) for v in ds.tolist()]
+      [0.1966, 0.25, 0.105]
+    """
     return jax.nn.sigmoid(x)
 
 
@@ -272,6 +289,18 @@ def derivative(fn: Callable) -> Callable:
 
     Raises:
       ValueError: ``fn`` is not an fnn activation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fnn import activations
+      >>> x = jnp.array([-1.0, 0.0, 2.0])
+      >>> activations.derivative(activations.relu)(x).tolist()
+      [0.0, 0.0, 1.0]
+      >>> d_leaky = activations.derivative("leaky_relu")  # by name works too
+      >>> [round(v, 4) for v in d_leaky(x, alpha=0.1).tolist()]
+      [0.1, 1.0, 1.0]
+      >>> activations.derivative(activations.softmax)(jnp.zeros(2)).tolist()
+      [[0.25, -0.25], [-0.25, 0.25]]
     """
     by_name = {f.__name__: d for f, d in _DERIVATIVES.items()}
     try:

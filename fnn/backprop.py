@@ -154,6 +154,24 @@ def value_and_grad(
         it a second time.
       TypeError: ``method="manual"`` with a loss or regularizer that has no
         ``.grad``; a regularizer that is not callable.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn import backprop, losses
+      >>> from fnn.activation_layers import Relu
+      >>> from fnn.combinators import serial
+      >>> from fnn.dense import Dense
+      >>> model = serial(Dense(2), Relu, Dense(1))
+      >>> _, params, state = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 1))
+      >>> auto = backprop.value_and_grad(model, losses.mse)
+      >>> manual = backprop.value_and_grad(model, losses.mse, "manual")
+      >>> (loss, state), grads = auto(params, state, x, y)
+      >>> loss.shape, jax.tree.map(jnp.shape, grads)
+      ((), ({'b': (2,), 'w': (3, 2)}, (), {'b': (1,), 'w': (2, 1)}))
+      >>> _, grads_manual = manual(params, state, x, y)
+      >>> jax.tree.all(jax.tree.map(jnp.allclose, grads, grads_manual))
+      True
     """
     _check_method(method)
     check_loss("value_and_grad", loss)
@@ -255,6 +273,19 @@ def manual_vjp(layer: Layer) -> Layer:
     Returns:
       A :class:`~fnn.protocol.Layer` with the same ``init``, ``backward``
       and outputs, named ``manual_vjp(<name>)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.backprop import manual_vjp
+      >>> from fnn.dense import Dense
+      >>> layer = manual_vjp(Dense(2))
+      >>> layer
+      manual_vjp(Dense(2))
+      >>> _, params, state = layer.init(jax.random.key(0), (3,))
+      >>> x = jnp.ones((4, 3))
+      >>> grads = jax.grad(lambda p: layer.apply(p, state, x)[0].sum())(params)
+      >>> grads["w"].tolist()  # Dense's backward: dw = x^T dy, dy = ones
+      [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]]
     """
 
     def apply(params, state, x, key, train):

@@ -118,6 +118,21 @@ def serial(*layers: Layer) -> Layer:
 
     Backward: each layer's backward from last to first, ``dx`` of one
     becoming ``dy`` of the next.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.activation_layers import Relu
+      >>> from fnn.combinators import serial
+      >>> from fnn.dense import Dense
+      >>> model = serial(Dense(4), Relu, Dense(2))
+      >>> model
+      serial(Dense(4), Relu, Dense(2))
+      >>> out_shape, params, state = model.init(jax.random.key(0), (3,))
+      >>> out_shape, jax.tree.map(jnp.shape, params)
+      ((2,), ({'b': (4,), 'w': (3, 4)}, (), {'b': (2,), 'w': (4, 2)}))
+      >>> y, state = model.apply(params, state, jnp.ones((5, 3)))
+      >>> y.shape
+      (5, 2)
     """
     layers = check_layers("serial", layers)
     name = layer_name("serial", layers)
@@ -226,6 +241,21 @@ def fan_out(num: int) -> Layer:
       A :class:`~fnn.protocol.Layer` without params or state.
 
     Backward: the branches' cotangents add up, ``dx = sum_i dy_i``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.activation_layers import Identity, Relu
+      >>> from fnn.combinators import fan_in_concat, fan_out, parallel, serial
+      >>> block = serial(fan_out(2), parallel(Identity, Relu), fan_in_concat())
+      >>> out_shape, params, state = block.init(jax.random.key(0), (3,))
+      >>> out_shape
+      (6,)
+      >>> y, _ = block.apply(params, state, jnp.array([[-1.0, 0.0, 2.0]]))
+      >>> y.tolist()
+      [[-1.0, 0.0, 2.0, 0.0, 0.0, 2.0]]
+      >>> _, dx = fan_out(2).backward((), (), (jnp.ones(3), jnp.ones(3)))
+      >>> dx.tolist()  # dy_1 + dy_2
+      [2.0, 2.0, 2.0]
     """
     num = check_positive_int("fan_out", "num", num)
     name = layer_name("fan_out", (num,))

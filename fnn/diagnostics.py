@@ -86,6 +86,13 @@ def grad_norms(grads) -> dict[str, jax.Array]:
 
     Returns:
       A dict from entry key to a scalar array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fnn import diagnostics
+      >>> grads = ({"w": jnp.array([3.0, 4.0])}, (), {"w": jnp.ones(4)})
+      >>> {k: float(v) for k, v in diagnostics.grad_norms(grads).items()}
+      {'[0]': 5.0, '[2]': 2.0}
     """
     return {key: optax.tree.norm(g) for key, g in _entries(grads)}
 

@@ -33,6 +33,17 @@ def Dropout(rate: float) -> Layer:
       (:class:`~fnn.protocol.MissingKeyError` otherwise).
 
     Backward: the same mask and scale, ``dx = dy * mask / (1 - rate)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.dropout import Dropout
+      >>> layer = Dropout(0.5)
+      >>> x = jnp.ones((1, 8))
+      >>> layer.apply((), (), x)[0].tolist()  # evaluation: the identity
+      [[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]
+      >>> y, _ = layer.apply((), (), x, key=jax.random.key(0), train=True)
+      >>> sorted(set(y.ravel().tolist()))  # dropped, or kept and scaled by 2
+      [0.0, 2.0]
     """
     try:
         rate = check_real("Dropout", "rate", rate, low=0.0, high=1.0, high_open=True)

@@ -318,6 +318,16 @@ def check_layer(
     Returns:
       A :class:`GradCheckReport` with rows named ``['params']...`` and
       ``['x']``; an integer ``x`` (token ids) has no gradient and no row.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn import gradcheck
+      >>> from fnn.dense import Dense
+      >>> layer = Dense(2)
+      >>> _, params, state = layer.init(jax.random.key(0), (3,))
+      >>> report = gradcheck.check_layer(layer, params, state, jnp.ones((2, 3)))
+      >>> report.ok, [row.path for row in report.rows]
+      (True, ["['params']['b']", "['params']['w']", "['x']"])
     """
     from fnn import backprop  # imports this module: resolved at call time
 

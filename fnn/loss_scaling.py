@@ -67,6 +67,20 @@ def dynamic_loss_scale(
 
     Raises:
       ValueError: an option out of its range.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from fnn.loss_scaling import dynamic_loss_scale, loss_scale_of
+      >>> opt = dynamic_loss_scale(optax.sgd(0.1), initial_scale=8.0)
+      >>> params = {"w": jnp.ones(2)}
+      >>> state = opt.init(params)
+      >>> overflow = {"w": jnp.array([jnp.inf, 0.0])}  # scaled grads overflowed
+      >>> updates, state = opt.update(overflow, state, params)
+      >>> updates["w"].tolist(), float(loss_scale_of(state))  # skipped, halved
+      ([0.0, 0.0], 4.0)
+      >>> updates, state = opt.update({"w": jnp.array([8.0, 16.0])}, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -0.1 * grads / 4
+      [-0.2, -0.4]
     """
     if not (initial_scale > 0 and factor > 1 and growth_interval >= 1):
         raise ValueError(

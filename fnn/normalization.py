@@ -94,6 +94,21 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     Backward: the module's formulas, with ``m = N * (spatial size)``; in
     evaluation ``dx = w / sqrt(running_var + eps) * dy``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.normalization import BatchNorm
+      >>> layer = BatchNorm(momentum=0.9)
+      >>> _, params, state = layer.init(jax.random.key(0), (2,))
+      >>> x = jnp.array([[0.0, 1.0], [2.0, 3.0]])  # batch mean (1, 2), var (1, 1)
+      >>> y, state = layer.apply(params, state, x, train=True)
+      >>> [[round(v, 4) for v in row] for row in y.tolist()]
+      [[-1.0, -1.0], [1.0, 1.0]]
+      >>> [round(v, 4) for v in state["mean"].tolist()]  # 0.9 * 0 + 0.1 * mean
+      [0.1, 0.2]
+      >>> y, _ = layer.apply(params, state, x)  # evaluation: running statistics
+      >>> [[round(v, 4) for v in row] for row in y.tolist()]
+      [[-0.1, 0.8], [1.9, 2.8]]
     """
     momentum = check_real("BatchNorm", "momentum", momentum, low=0.0, high=1.0)
     eps = check_real("BatchNorm", "eps", eps, low=0.0, low_open=True)

@@ -130,6 +130,21 @@ def make_step(
         otherwise than the step wants (named by its key path).
       TypeError: at a call, for a ``key`` that is neither ``None`` nor one
         PRNG key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from fnn import losses, parallel
+      >>> from fnn.dense import Dense
+      >>> model, opt = Dense(1), optax.sgd(0.1)
+      >>> _, params, state = model.init(jax.random.key(0), (3,))
+      >>> step = parallel.make_step(model, losses.mse, opt)
+      >>> n = len(jax.devices())  # the batch size must be a multiple of n
+      >>> x, y = jnp.ones((2 * n, 3)), jnp.zeros((2 * n, 1))
+      >>> params, state, opt_state, loss = step(
+      ...     params, state, opt.init(params), x, y, None
+      ... )
+      >>> step.mesh.axis_names, loss.shape, params["w"].sharding.is_fully_replicated
+      (('data',), (), True)
     """
     mesh = data_mesh(devices)
     replicated = NamedSharding(mesh, PartitionSpec())

@@ -30,8 +30,24 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
     the same model built for another input size, before they meet an XLA
     error or, worse, broadcast into silent garbage.
 
+    Args:
+      layer: the :class:`~fnn.protocol.Layer` the trees are meant for.
+      params, state: the trees to check.
+      input_shape: the per-example input shape (no batch axis).
+
     Raises:
       ValueError: naming the model and the first leaf that differs.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fnn.dense import Dense
+      >>> from fnn.params_check import check_params
+      >>> params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+      >>> check_params(Dense(2), params, (), (3,))  # fits: returns None
+      >>> check_params(Dense(2), params, (), (4,))  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: Dense(2): params['w'] has shape (3, 2), ... needs (4, 2)
     """
     want_params, want_state = _param_shapes(layer, input_shape)
     for what, got, want in (

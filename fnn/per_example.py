@@ -39,6 +39,21 @@ def per_example_grads(
       ValueError: when called with a model that has state (batch norm):
         it couples the examples of a batch, so per-example gradients are
         undefined.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn import losses
+      >>> from fnn.dense import Dense
+      >>> from fnn.per_example import per_example_grads, per_example_norms
+      >>> model = Dense(1)
+      >>> _, params, state = model.init(jax.random.key(0), (3,))
+      >>> f = per_example_grads(model, losses.mse)
+      >>> x, y = jnp.ones((5, 3)), jnp.zeros((5, 1))
+      >>> example_losses, grads = f(params, state, x, y)
+      >>> example_losses.shape, jax.tree.map(jnp.shape, grads)
+      ((5,), {'b': (5, 1), 'w': (5, 3, 1)})
+      >>> per_example_norms(grads).shape
+      (5,)
     """
     from fnn import backprop  # imports this module: resolved at call time
 

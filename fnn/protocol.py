@@ -109,6 +109,23 @@ class Layer(NamedTuple):
         expands, ``"manual_vjp"`` for :func:`fnn.backprop.manual_vjp`'s
         wrapper (its one child is the wrapped layer), ``"layer"``
         otherwise. Never parse ``name`` for this.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.dense import Dense
+      >>> layer = Dense(2)
+      >>> out_shape, params, state = layer.init(jax.random.key(0), (3,))
+      >>> out_shape, jax.tree.map(jnp.shape, params), state
+      ((2,), {'b': (2,), 'w': (3, 2)}, ())
+      >>> x = jnp.ones((4, 3))
+      >>> layer.apply(params, state, x)[0].shape  # (y, new_state)
+      (4, 2)
+      >>> y, state, cache = layer.forward(params, state, x)
+      >>> dparams, dx = layer.backward(params, cache, jnp.ones_like(y))
+      >>> y.shape, dparams["w"].shape, dx.shape
+      ((4, 2), (3, 2), (4, 3))
+      >>> bool(jnp.allclose(dparams["w"], x.T @ jnp.ones_like(y)))  # x^T dy
+      True
     """
 
     init: Callable[..., tuple[Any, Params, State]]

@@ -42,6 +42,23 @@ def residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
     Backward: the cotangents of the two paths add up,
     ``dx = ds/dx^T dy + df/dx^T dy`` (``dy + df/dx^T dy`` for the identity),
     which is why deep residual networks do not vanish their gradients.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn.activation_layers import Relu
+      >>> from fnn.dense import Dense
+      >>> from fnn.residual import residual
+      >>> block = residual(Dense(3), Relu)  # y = x + relu(Dense(3)(x))
+      >>> out_shape, params, state = block.init(jax.random.key(0), (3,))
+      >>> out_shape
+      (3,)
+      >>> zero = jax.tree.map(jnp.zeros_like, params)  # f = 0: the identity
+      >>> block.apply(zero, state, jnp.array([[1.0, -2.0, 3.0]]))[0].tolist()
+      [[1.0, -2.0, 3.0]]
+      >>> wide = residual(Dense(4), shortcut=Dense(4))  # y = s(x) + f(x)
+      >>> out_shape, params, state = wide.init(jax.random.key(0), (3,))
+      >>> out_shape, sorted(params)
+      ((4,), ['layers', 'shortcut'])
     """
     check_layers("residual", layers)
     if not layers:

@@ -71,6 +71,26 @@ def summary(model: Layer, input_shape) -> str:
 
     Returns:
       The table as a string, ending with the total parameter count.
+
+    Example:
+      >>> from fnn.activation_layers import Relu
+      >>> from fnn.combinators import serial
+      >>> from fnn.dense import Dense
+      >>> from fnn.residual import residual
+      >>> from fnn.summary import summary
+      >>> model = serial(Dense(4), Relu, residual(Dense(4), Relu), Dense(2))
+      >>> print(summary(model, (3,)))
+      layer         output shape  params
+      ----------------------------------
+      serial        (2,)              46
+        Dense(4)    (4,)              16
+        Relu        (4,)               0
+        residual    (4,)              20
+          Dense(4)  (4,)              20
+          Relu      (4,)               0
+        Dense(2)    (2,)              10
+      ----------------------------------
+      total parameters: 46
     """
     rows, _ = _rows(model, input_shape, 0)
     header = ("layer", "output shape", "params")

@@ -96,6 +96,20 @@ def make_step(
       target (loss 0). ``fit`` and ``evaluate`` check labels before they
       compile; with ``make_step``, check them yourself once, e.g.
       ``assert 0 <= y.min() and y.max() < C``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from fnn import losses, train
+      >>> from fnn.dense import Dense
+      >>> model, opt = Dense(1), optax.sgd(0.1)
+      >>> _, params, state = model.init(jax.random.key(0), (3,))
+      >>> opt_state = opt.init(params)
+      >>> step = train.make_step(model, losses.mse, opt)
+      >>> x, y = jnp.ones((4, 3)), jnp.ones((4, 1))
+      >>> params, state, opt_state, loss0 = step(params, state, opt_state, x, y, None)
+      >>> params, state, opt_state, loss1 = step(params, state, opt_state, x, y, None)
+      >>> bool(loss1 < loss0)  # keep the returned trees: the inputs are donated
+      True
     """
     losses.check_loss("make_step", loss)
     optim.check_optimizer("make_step", optimizer)
@@ -136,6 +150,19 @@ def evaluate(
     Raises:
       ValueError: for empty or mismatched data, or labels out of range.
       TypeError: for a ``batch_size`` that is not an int.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fnn import losses, train
+      >>> from fnn.dense import Dense
+      >>> model = Dense(2)
+      >>> _, params, state = model.init(jax.random.key(0), (3,))
+      >>> zero = jax.tree.map(jnp.zeros_like, params)  # logits 0: p = 1/2 each
+      >>> x, labels = jnp.ones((5, 3)), jnp.array([0, 1, 0, 1, 1])
+      >>> result = train.evaluate(model, losses.softmax_cross_entropy, zero, state,
+      ...                         x, labels, batch_size=2)
+      >>> round(result["loss"], 4), sorted(result)  # loss log 2
+      (0.6931, ['accuracy', 'loss'])
     """
     losses.check_loss("evaluate", loss)
     batch_size = checks.count("evaluate", "batch_size", batch_size)
@@ -344,6 +371,19 @@ def fit(
 
     Raises:
       TypeError, ValueError: for bad arguments, before anything compiles.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from fnn import losses, train
+      >>> from fnn.dense import Dense
+      >>> model = Dense(1)
+      >>> _, params, state = model.init(jax.random.key(0), (3,))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 3))
+      >>> y = x @ jnp.ones((3, 1))
+      >>> result = train.fit(model, losses.mse, optax.sgd(0.1), params, state,
+      ...                    (x, y), key=0, epochs=1, batch_size=4)
+      >>> len(result.history["train_loss"]), result.stopped
+      (1, None)
     """
     losses.check_loss("fit", loss)
     optim.check_optimizer("fit", optimizer)
