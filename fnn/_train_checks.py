@@ -214,11 +214,28 @@ def batch_checker(model: Layer, loss, params, state):
     return check
 
 
+def _is_batch(item) -> bool:
+    """An ``(x, y)`` batch of a stream: a tuple, or a list of two arrays."""
+    if isinstance(item, tuple):
+        return True
+    return (
+        isinstance(item, list)
+        and len(item) == 2
+        and all(isinstance(a, np.ndarray | jax.Array) for a in item)
+    )
+
+
 def is_arrays(data) -> bool:
-    """``(x, y)`` arrays, rather than a stream of ``(x, y)`` batches."""
+    """``(x, y)`` arrays, rather than a stream of ``(x, y)`` batches.
+
+    A two-item list whose items are both batches (``[(x0, y0), (x1, y1)]``,
+    or ``[[x0, y0], [x1, y1]]`` with arrays inside) is a stream of two
+    batches; ``x`` given as a Python list of rows holds numbers or lists.
+    """
     return (
         isinstance(data, tuple | list)
         and len(data) == 2
+        and not all(_is_batch(a) for a in data)
         and not any(isinstance(a, tuple) for a in data)
     )
 
