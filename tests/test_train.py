@@ -791,19 +791,20 @@ def test_a_list_of_two_batches_is_a_stream_however_each_batch_is_written():
     rng = np.random.default_rng(0)
     batches = [(rng.normal(size=(4, 2)).astype(np.float32), np.array([0, 1, 2, 0]))
                for _ in range(2)]  # fmt: skip
+    loss, opt = losses.softmax_cross_entropy, optim.sgd(0.1)
     fits = [
-        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
-                  data, key=KEY, epochs=1)  # fmt: skip
+        train.fit(model, loss, opt, params, state, data, key=KEY, epochs=1)
         for data in (batches, [list(b) for b in batches], iter(batches))
     ]
+    first = jax.tree.leaves(fits[0].params)
     for result in fits[1:]:
         assert result.history["train_loss"] == fits[0].history["train_loss"]
-        for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(fits[0].params)):
+        for a, b in zip(jax.tree.leaves(result.params), first):
             np.testing.assert_array_equal(a, b)
     # Arrays written as lists of rows are still arrays.
     x, y = [[0.0, 1.0], [1.0, 0.0]], [0, 1]
-    result = train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
-                       state, [x, y], key=KEY, epochs=1, batch_size=2)  # fmt: skip
+    result = train.fit(model, loss, opt, params, state, [x, y], key=KEY, epochs=1,
+                       batch_size=2)  # fmt: skip
     assert len(result.history["train_loss"]) == 1
 
 
