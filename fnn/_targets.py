@@ -5,10 +5,16 @@ fire under ``jax.jit`` too. Value checks (labels in range, probabilities in
 ``[0, 1]``) need the numbers, so they run only on concrete arrays: an eager
 call, or ``fit``/``evaluate`` checking their data before anything compiles.
 Under ``jit`` they are skipped, and the docstrings of the losses say what a
-bad value then does.
+bad value then does. :func:`check_targets` (public as
+``fnn.losses.check_targets``) runs a loss's checks without computing it.
+
+Dtypes: :func:`widened` makes every loss compute in :func:`working_dtype`
+(float32 at least) and return the prediction's dtype.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,17 +32,44 @@ def concrete(x) -> np.ndarray | None:
     return np.asarray(x)
 
 
+def working_dtype(dtype) -> np.dtype:
+    """The dtype a loss or a penalty computes in, for inputs of ``dtype``.
+
+    float32 at least: float16 and bfloat16 cannot hold what a loss needs
+    (``1 / n`` for a batch of more than 65504 elements is ``inf`` in
+    float16, ``1 - 1e-7`` rounds to 1, a sum over a batch overflows).
+    float32, float64 and complex dtypes stay as they are; integer and bool
+    inputs compute in the default float dtype (float32, or float64 under
+    x64), never the other way round: float targets are not truncated to ints.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.promote_types(dtype, jnp.float32)
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def result_dtype(dtype) -> np.dtype:
+    """The dtype a loss returns for predictions of ``dtype``: the same, if floating."""
+    dtype = jnp.dtype(dtype)
+    return dtype if jnp.issubdtype(dtype, jnp.inexact) else working_dtype(dtype)
+
+
 def _span(values: np.ndarray) -> str:
-    return f"values from {values.min()} to {values.max()}"
+    # !s: a float32 0.2 reads "0.2", not format()'s "0.20000000298023224".
+    return f"values from {values.min()!s} to {values.max()!s}"
 
 
 def check_within(name: str, what: str, x, lo: float, hi: float, hint: str = ""):
     """Raises ``ValueError`` when concrete ``x`` has a value outside ``[lo, hi]``.
 
-    NaN passes: a NaN input gives a NaN loss, which is the right answer.
+    NaN passes: a NaN input gives a NaN loss, which is the right answer. It
+    does not hide the other values: ``[nan, 2]`` still fails on the 2.
     """
     values = concrete(x)
-    if values is None or values.size == 0:
+    if values is None:
+        return
+    values = values[~np.isnan(values.astype(np.float64))]
+    if values.size == 0:
         return
     if values.min() < lo or values.max() > hi:
         bounds = f"be >= {lo}" if hi == np.inf else f"lie in [{lo}, {hi}]"
@@ -138,3 +171,72 @@ def class_targets(name: str, logits, labels):
         )
     check_within(name, "one-hot or probability targets", raw, 0, np.inf)
     return logits, labels.astype(logits.dtype)
+
+
+def widened(fn):
+    """``fn(pred, target)`` computed in :func:`working_dtype`, returned in ``pred``'s.
+
+    Every value and gradient of :mod:`fnn.losses` goes through this: none sees
+    float16 (where they returned ``inf`` or an all-zero gradient) or integer
+    predictions (against which float targets were truncated). For float32
+    and float64 both casts are no-ops: the compiled program is unchanged.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(pred, target):
+        pred = jnp.asarray(pred)
+        out = fn(pred.astype(working_dtype(pred.dtype)), target)
+        return out.astype(result_dtype(pred.dtype))
+
+    return wrapped
+
+
+def check_targets(loss, pred_shape: tuple, target, dtype=jnp.float32) -> None:
+    """Checks concrete targets against a loss and an output shape, computing nothing.
+
+    Traces ``loss(pred, target)`` with an abstract ``pred`` of ``pred_shape``
+    (``jax.eval_shape``: no compile, no arrays the size of ``pred``) and the
+    concrete ``target``, so every check of the loss runs: shapes, and the
+    values that ``jit`` would hide (class indices in ``[0, C)``, 0/1 targets
+    in ``[0, 1]``, hinge labels -1/+1). ``fit`` and ``evaluate`` can call it
+    on their whole label array before the first step compiles, where an
+    out-of-range label would otherwise become an all-zero one-hot row.
+
+    Args:
+      loss: any ``loss(pred, target)``; the checks are the loss's own.
+      pred_shape: the predictions' shape, batch axis included, e.g.
+        ``(len(y),) + output_shape``.
+      target: the concrete targets (NumPy or JAX arrays, not traced).
+      dtype: the predictions' dtype.
+
+    Raises:
+      ValueError: whatever the loss raises for these targets.
+
+    Example:
+      >>> import numpy as np
+      >>> from fnn import losses
+      >>> labels = np.array([1, 9, 10])
+      >>> losses.check_targets(losses.softmax_cross_entropy, (3, 10), labels)
+      ... # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: softmax_cross_entropy: labels must lie in [0, 10) for 10 classes...
+    """
+    jax.eval_shape(lambda p: loss(p, target), jax.ShapeDtypeStruct(pred_shape, dtype))
+
+
+def scalar_loss(where: str, loss, value):
+    """``value``, the loss's output, refused (at trace time) unless a scalar.
+
+    A per-example loss, such as optax's ``softmax_cross_entropy``, returns
+    ``(N,)``: ``jax.grad`` would fail with a bare message, and weighting it
+    by the batch size would be wrong, so say what to write instead.
+    """
+    value = jnp.asarray(value)
+    if value.shape != ():
+        raise ValueError(
+            f"{where}: the loss {loss!r} returned shape {value.shape}, not a "
+            "scalar; fnn losses are means over the batch. Wrap a per-example "
+            "loss: lambda p, y: jnp.mean(loss(p, y))"
+        )
+    return value

@@ -171,8 +171,11 @@ def targets(where: str, model: Layer, loss, pred_shape, y) -> None:
 
 
 def _within(where, loss, y, low, high):
+    # NaN passes (its loss is NaN, and fit stops on it), but must not hide
+    # the other values: NumPy's min and max of [nan, 2] are both nan.
     values = np.asarray(y)
-    if values.min() < low or values.max() > high:
+    values = values[~np.isnan(values.astype(np.float64))]
+    if values.size and (values.min() < low or values.max() > high):
         raise ValueError(
             f"{where}: {loss!r} needs targets in [{low}, {high}], got values "
             f"from {values.min()} to {values.max()}"

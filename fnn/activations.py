@@ -31,6 +31,7 @@ Array = jax.Array
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_CUBIC = 0.044715  # the cubic coefficient of gelu's tanh approximation
+_GELU_FLAT = 10.0  # |x| past which the tanh gelu's slope is exactly 0 or 1
 
 
 def identity(x: Array) -> Array:
@@ -174,6 +175,11 @@ def _d_softsign(x):
 
 def _d_gelu(x, approximate=False):
     if approximate:
+        # Past |x| = 10, u > 40: tanh(u) is +-1 to the last bit in every float
+        # dtype, so f' is exactly 1 or 0. Clipping x there keeps x**3 and x*x
+        # finite (they overflow in float16 from |x| of a few hundred, in
+        # float32 from about 5e19), which made (1 - t*t) * du = 0 * inf = NaN.
+        x = jnp.clip(x, -_GELU_FLAT, _GELU_FLAT)
         t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x**3))
         du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
         return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du

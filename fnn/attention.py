@@ -110,7 +110,10 @@ def MultiHeadAttention(
 
     Parameters: ``{"w_q": (d, F), "w_k", "w_v": (e, F), "w_o": (F, F),
     "b_q", "b_k", "b_v", "b_o": (F,)}`` (``e = d`` without ``cross``);
-    weights Glorot-uniform (as PyTorch's ``MultiheadAttention``), biases 0.
+    each weight matrix Glorot-uniform on its own fans, biases 0. (PyTorch's
+    ``MultiheadAttention`` draws ``w_q, w_k, w_v`` as one ``(3F, d)``
+    matrix, a bound ``sqrt(2)`` smaller when ``d = F``, and ``w_o`` as a
+    ``Linear`` layer.)
 
     Backward: per head, with ``P`` the (masked) attention weights::
 

@@ -60,17 +60,24 @@ def _non_negative_int(name: str, what: str, value) -> int:
 def _non_negative_float(name: str, what: str, value, upper=math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: {what} must be a number, got {value!r}")
-    if not 0 <= value <= upper:
-        bound = "" if upper == math.inf else f" and <= {upper:g}"
+    # Finite too: an infinite std would turn every element into +-inf.
+    if not (0 <= value <= upper and math.isfinite(value)):
+        bound = " and finite" if upper == math.inf else f" and <= {upper:g}"
         raise ValueError(f"{name}: {what} must be >= 0{bound}, got {value!r}")
     return float(value)
 
 
 def _check_key(name: str, key) -> None:
-    if key is None:
+    """Raises TypeError unless ``key`` is a PRNG key (typed, or raw uint32)."""
+    # An int seed would otherwise fail inside jax.random ("invalid PRNG key
+    # data"), naming neither the augmentation nor the fix.
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32
+    ):
         raise TypeError(
-            f"{name}: needs a PRNG key, e.g. aug(jax.random.key(0), x); "
-            "split a fresh one for every batch"
+            f"{name}: needs a PRNG key, e.g. aug(jax.random.key(0), x), got "
+            f"{key!r}; split a fresh one for every batch"
         )
 
 
@@ -100,12 +107,18 @@ def translate(x: jax.Array, offsets: jax.Array, mode: str = "constant") -> jax.A
     Args:
       x: images ``(N, H, W, C)``, any dtype.
       offsets: integers ``(N, 2)``, ``(dy, dx)`` per image: ``dy > 0`` moves
-        the content down, ``dx > 0`` to the right.
+        the content down, ``dx > 0`` to the right. Any size: with
+        ``"reflect"`` a shift longer than the image keeps reflecting.
       mode: how to fill what comes in from outside, one of
         ``"constant"``, ``"edge"``, ``"reflect"``.
 
     Returns:
       ``(N, H, W, C)``, the dtype of ``x``.
+
+    Raises:
+      ShapeError: ``x`` is not ``(N, H, W, C)`` or ``offsets`` not ``(N, 2)``.
+      TypeError: ``offsets`` are not integers.
+      ValueError: ``mode`` is unknown.
     """
     x = _images("translate", x)
     if mode not in PAD_MODES:
@@ -116,10 +129,14 @@ def translate(x: jax.Array, offsets: jax.Array, mode: str = "constant") -> jax.A
             f"translate: offsets must have shape ({x.shape[0]}, 2), one (dy, dx) "
             f"per image, got {tuple(offsets.shape)}"
         )
+    if not jnp.issubdtype(offsets.dtype, jnp.integer):
+        # Casting would truncate 0.7 to 0 and -1.6 to -1 without a word.
+        raise TypeError(
+            f"translate: offsets must be integers (whole pixels), got dtype "
+            f"{offsets.dtype}; round them first, e.g. jnp.round(o).astype(int)"
+        )
     _, h, w, c = x.shape
-    # Shifts beyond the image size move it out entirely; clip them to it.
-    limit = jnp.array([[h, w]], jnp.int32)
-    offsets = jnp.clip(offsets.astype(jnp.int32), -limit, limit)
+    offsets = _within_padding(offsets.astype(jnp.int32), h, w, mode)
     padded = jnp.pad(x, ((0, 0), (h, h), (w, w), (0, 0)), mode=mode)
 
     def one(image, offset):
@@ -127,6 +144,18 @@ def translate(x: jax.Array, offsets: jax.Array, mode: str = "constant") -> jax.A
         return jax.lax.dynamic_slice(image, start, (h, w, c))
 
     return jax.vmap(one)(padded, offsets)
+
+
+def _within_padding(offsets: jax.Array, h: int, w: int, mode: str) -> jax.Array:
+    """``(N, 2)`` offsets giving the same image, each in ``[-size, size]``:
+    clipped for zero or edge fill (a longer shift shows only fill), reduced
+    modulo the period ``2 (size - 1)`` of NumPy's ``"reflect"``."""
+    sizes = jnp.array([[h, w]], jnp.int32)
+    if mode != "reflect":
+        return jnp.clip(offsets, -sizes, sizes)
+    period = jnp.maximum(2 * (sizes - 1), 1)  # a size of 1 reflects onto itself
+    rest = jnp.remainder(offsets, period)
+    return jnp.where(rest > sizes - 1, rest - period, rest)
 
 
 def _rotate_one(image: jax.Array, radians: jax.Array) -> jax.Array:
@@ -222,7 +251,8 @@ def random_crop(padding: int, mode: str = "constant") -> Augment:
 
     The crop's corner is uniform over the ``(2 padding + 1)^2`` positions,
     independently per image: the classic CIFAR augmentation. With
-    ``mode="constant"`` it equals :func:`random_shift`; ``"edge"`` and
+    ``mode="constant"`` it has the distribution of :func:`random_shift`
+    (``random_shift(padding)``, not the same draw for a key); ``"edge"`` and
     ``"reflect"`` pad with the border pixels or their mirror image instead.
 
     Args:
@@ -316,13 +346,13 @@ def gaussian_noise(std: float) -> Augment:
     """Adds independent ``N(0, std^2)`` noise to every element.
 
     Args:
-      std: the noise's standard deviation, >= 0.
+      std: the noise's standard deviation, finite and >= 0.
 
     Returns:
       ``aug(key, x) -> x + std * z`` for floating ``x`` of any shape.
 
     Raises:
-      ValueError: if ``std`` is negative.
+      ValueError: if ``std`` is negative or not finite.
     """
     name = f"gaussian_noise({std!r})"
     sigma = _non_negative_float(name, "std", std)

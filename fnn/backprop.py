@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._targets import scalar_loss
 from fnn.diagnostics import grad_norms, is_chain, kind_of, unwrap
 from fnn.losses import check_loss
 from fnn.protocol import Layer, check_params, per_example_shape
@@ -196,7 +197,8 @@ def value_and_grad(
             check_params(model, params, state, per_example_shape(x))
             low_params, x = lowered(params, x)
             pred, new_state = model.apply(low_params, state, x, key=key, train=train)
-            value = total(loss(to_loss_dtype(pred), y), params)
+            value = scalar_loss("value_and_grad", loss, loss(to_loss_dtype(pred), y))
+            value = total(value, params)
             return value * scale, (value, new_state)
 
         grad_fn = jax.grad(objective, has_aux=True)
@@ -222,6 +224,7 @@ def value_and_grad(
             low_params, state, x, key=key, train=train
         )
         pred32 = to_loss_dtype(pred)
+        value = scalar_loss("value_and_grad", loss, loss(pred32, y))
         scale = 1.0 if loss_scale is None else loss_scale
         dpred = loss.grad(pred32, y)
         if loss_scale is not None:
@@ -235,7 +238,7 @@ def value_and_grad(
                 grads,
                 regularizer.grad(params),
             )
-        return (total(loss(pred32, y), params), new_state), grads
+        return (total(value, params), new_state), grads
 
     return manual
 

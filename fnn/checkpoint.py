@@ -122,7 +122,8 @@ def save(path: str | os.PathLike, tree: PyTree) -> None:
       TypeError: a leaf of another kind (a string, an object, a tracer),
         named by its key path; nothing is written.
       ValueError: an array split across processes, of which this process
-        holds only part, named by its key path; nothing is written.
+        holds only part, or two leaves with one key path, named by that key
+        path; nothing is written.
       OSError: the folder is missing or not writable; nothing is written.
 
     Example:
@@ -134,9 +135,15 @@ def save(path: str | os.PathLike, tree: PyTree) -> None:
       3
     """
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    records, arrays, offset = [], [], 0
+    records, arrays, offset, seen = [], [], 0, set()
     for key_path, leaf in leaves_with_paths:
         name = _path_str(key_path)
+        if name in seen:  # load could not tell the two leaves apart
+            raise ValueError(
+                f"checkpoint.save: two leaves have the key path {name} (repeated "
+                "keys of a pytree node, or dict keys that print alike)"
+            )
+        seen.add(name)
         record, data = fmt.encode_leaf(name, leaf)
         data = fmt.little_endian(data)
         record.update(path=name, offset=offset, nbytes=data.nbytes)

@@ -163,6 +163,15 @@ def _check_seed(seed, who: str) -> int:
     return int(seed)
 
 
+def _count_at_least(value, name: str, low: int) -> int:
+    """``value`` as an int, checked (NumPy ints too, bools never)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"spirals: {name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"spirals: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
 def split(x, y, fraction: float = 0.1, *, seed: int = 0) -> Split:
     """Splits examples in two at random, e.g. to hold out a validation set.
 
@@ -249,10 +258,8 @@ def spirals(
         set empty.
       TypeError: ``test_fraction`` is not a number or ``seed`` not an int.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"spirals: n must be an int >= 2, got {n!r}")
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-        raise ValueError(f"spirals: classes must be an int >= 2, got {classes!r}")
+    n = _count_at_least(n, "n", 2)
+    classes = _count_at_least(classes, "classes", 2)
     if not (_real(noise) and 0 <= noise < np.inf):
         raise ValueError(f"spirals: noise must be finite and >= 0, got {noise!r}")
     if not (_real(turns) and np.isfinite(turns)):
@@ -293,9 +300,9 @@ def batches(
       y: an array of shape ``(N, ...)``, like ``x``.
       batch_size: examples per batch, a positive int.
       key: the shuffle's randomness: a JAX PRNG key (the order is
-        ``jax.random.permutation(key, N)``) or an int seed of a NumPy
-        generator. Required when ``shuffle`` is True, so that each epoch's
-        order is a choice of the caller: split a fresh key per epoch.
+        ``jax.random.permutation(key, N)``) or a non-negative int seed of a
+        NumPy generator. Required when ``shuffle`` is True, so that each
+        epoch's order is a choice of the caller: split a fresh key per epoch.
       shuffle: if False, batches follow the original order and ``key`` is
         ignored.
       drop_remainder: if True, a last batch smaller than ``batch_size`` is
@@ -305,6 +312,13 @@ def batches(
     Returns:
       An iterator of ``(xb, yb)`` with shapes ``(B, ...)``, ``B = batch_size``
       except possibly for the last batch.
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length or have no batch axis,
+        ``batch_size < 1``, ``key`` is missing while ``shuffle`` is True, or
+        an int ``key`` is negative.
+      TypeError: ``batch_size`` is not an int, or ``key`` neither a PRNG key
+        nor an int.
     """
     n = _check_xy(x, y, "batches")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
@@ -319,12 +333,29 @@ def batches(
             "jax.random.fold_in(key, epoch), or an int seed); pass "
             "shuffle=False to keep the original order"
         )
-    elif isinstance(key, int | np.integer) and not isinstance(key, bool):
-        order = np.random.default_rng(int(key)).permutation(n)
     else:
-        order = np.asarray(jax.random.permutation(key, n))
+        order = _shuffle_order(key, n)
     stop = n - n % batch_size if drop_remainder else n
     return _iterate(x, y, batch_size, order, stop)
+
+
+def _shuffle_order(key, n: int) -> np.ndarray:
+    """The permutation of ``range(n)`` that ``batches`` draws for ``key``."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        if key < 0:
+            raise ValueError(f"batches: an int key (a seed) must be >= 0, got {key}")
+        return np.random.default_rng(int(key)).permutation(n)
+    dtype = getattr(key, "dtype", None)
+    # Anything else would fail inside jax.random with a message about "key
+    # data" that names neither batches nor the fix.
+    if dtype is None or not (
+        jax.numpy.issubdtype(dtype, jax.dtypes.prng_key) or dtype == np.uint32
+    ):
+        raise TypeError(
+            "batches: key must be a jax.random key (e.g. jax.random.fold_in(key, "
+            f"epoch)) or a non-negative int seed, got {key!r}"
+        )
+    return np.asarray(jax.random.permutation(key, n))
 
 
 def _leading_length(a, name: str, who: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fnn.options import check_train
 from fnn.protocol import (
     Layer,
     check_input,
@@ -31,6 +32,11 @@ def Dropout(rate: float) -> Layer:
     Returns:
       A :class:`~fnn.protocol.Layer`; training needs a PRNG ``key``
       (:class:`~fnn.protocol.MissingKeyError` otherwise).
+
+    Raises:
+      ValueError: at construction, for a ``rate`` outside ``[0, 1)``.
+      TypeError: at trace time, for a ``train`` that is not a bool known
+        then (see :func:`fnn.options.check_train`).
 
     Backward: the same mask and scale, ``dx = dy * mask / (1 - rate)``.
 
@@ -59,7 +65,7 @@ def Dropout(rate: float) -> Layer:
         check_leaves(name, "params", params, ())
         check_leaves(name, "state", state, ())
         check_input(name, x, (...,))
-        if not train or rate == 0.0:
+        if not check_train(name, train) or rate == 0.0:
             return x, state, ()
         keep = jax.random.bernoulli(require_key(name, key), 1.0 - rate, x.shape)
         return jnp.where(keep, x * scale, 0), state, keep

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +25,11 @@ class EarlyStopping:
     """Stop when a metric to minimise has not improved for ``patience`` epochs.
 
     Attributes:
-      patience: epochs without improvement after which ``should_stop`` is set.
-      min_delta: an improvement must lower the metric by more than this.
+      patience: epochs without improvement after which ``should_stop`` is
+        set, an int ``>= 0`` (0 stops at the first, as 1 does).
+      min_delta: an improvement must lower the metric by more than this,
+        finite and ``>= 0`` (a negative one would count a worse metric as
+        an improvement, and training would never stop).
       best_metric: the lowest metric so far (``inf`` before any).
       best_epoch: the epoch that reached it (``None`` before any).
       patience_count: epochs since the last improvement.
@@ -40,6 +44,34 @@ class EarlyStopping:
     patience_count: int = 0
     should_stop: bool = False
     has_improved: bool = False
+
+    def __post_init__(self):
+        """Checks ``patience`` and ``min_delta``.
+
+        Raises:
+          TypeError: ``patience`` not an int (a bool, a float), or
+            ``min_delta`` not a real number.
+          ValueError: ``patience < 0``, or ``min_delta`` negative or NaN.
+        """
+        if isinstance(self.patience, bool) or not isinstance(
+            self.patience, numbers.Integral
+        ):
+            raise TypeError(
+                f"EarlyStopping: patience must be an int, got {self.patience!r}"
+            )
+        if self.patience < 0:
+            raise ValueError(
+                f"EarlyStopping: patience must be >= 0, got {self.patience}"
+            )
+        delta = self.min_delta
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
+            raise TypeError(
+                f"EarlyStopping: min_delta must be a real number, got {delta!r}"
+            )
+        if not (math.isfinite(delta) and delta >= 0):
+            raise ValueError(
+                f"EarlyStopping: min_delta must be finite and >= 0, got {delta!r}"
+            )
 
     def update(self, metric: float, epoch: int) -> EarlyStopping:
         """The record after seeing ``metric`` at ``epoch``.
@@ -78,7 +110,8 @@ class EarlyStopping:
           1 epoch; returning the parameters, state and optimizer state after
           epoch 1, the best (validation loss 2)'
         """
-        epochs = "1 epoch" if self.patience == 1 else f"{self.patience} epochs"
+        count = self.patience_count  # not patience: 0 also stops after one
+        epochs = "1 epoch" if count == 1 else f"{count} epochs"
         text = (
             f"early stopping after epoch {epoch}: the {what} has not improved for "
             f"{epochs}"

@@ -80,6 +80,9 @@ def Embedding(vocab_size: int, features: int, embedding_init=None) -> Layer:
     def checked_ids(x):
         """``x`` with ids out of range moved to ``vocab_size``, the one index
         that the lookup fills with NaN and the scatter drops."""
+        # Range-check the ids as given, before jnp.asarray: with x64 off it
+        # narrows int64 to int32, and an id of 2**32 + 1 would wrap to 1.
+        ids = None if isinstance(x, jax.core.Tracer) else np.asarray(x)
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise TypeError(
@@ -88,8 +91,7 @@ def Embedding(vocab_size: int, features: int, embedding_init=None) -> Layer:
             )
         if x.ndim < 1:
             raise ShapeError(f"{name}: expected a batch of ids, got a scalar")
-        if not isinstance(x, jax.core.Tracer) and x.size:
-            ids = np.asarray(x)
+        if ids is not None and ids.size:
             bad = ids[(ids < 0) | (ids >= vocab_size)]
             if bad.size:
                 raise ValueError(

@@ -15,6 +15,7 @@ import numpy as np
 
 from fnn import _train_checks as checks
 from fnn import losses, metrics
+from fnn._targets import scalar_loss
 from fnn.protocol import Layer
 
 
@@ -43,7 +44,8 @@ def evaluate(
       classification loss, or integer labels with several outputs.
 
     Raises:
-      ValueError: for empty or mismatched data, or labels out of range.
+      ValueError: for empty or mismatched data, labels out of range, or a
+        loss that returns more than a scalar (a per-example loss).
       TypeError: for a ``batch_size`` that is not an int.
 
     Example:
@@ -91,14 +93,33 @@ def evaluate_checked(model, loss, params, state, x, y, batch_size, pred_shape):
     return out
 
 
-@lru_cache(maxsize=64)
 def _eval_fn(model, loss, classify):
-    # Cached: fit evaluates every epoch, and a fresh jitted function would
-    # recompile each time (digits LSTM: 12 compiles, 9 of fit's 13 s).
+    """The jitted ``(params, state, x, y) -> [loss, accuracy]`` of one batch.
+
+    Cached: fit evaluates every epoch, and a fresh jitted function would
+    recompile each time (digits LSTM: 12 compiles, 9 of fit's 13 s). A loss
+    or model that cannot be hashed (an instance of a plain ``@dataclass``
+    with a ``__call__``) gets a fresh one instead of a bare ``TypeError``.
+    """
+    try:
+        hash((model, loss))
+    except TypeError:
+        return _batch_metrics(model, loss, classify)
+    return _cached_batch_metrics(model, loss, classify)
+
+
+def _batch_metrics(model, loss, classify):
     @jax.jit
     def batch_metrics(params, state, x, y):
         pred, _ = model.apply(params, state, x, train=False)
+        value = scalar_loss("evaluate", loss, loss(pred, y))
         acc = metrics.accuracy(pred, y, loss=loss) if classify else jnp.float32(0)
-        return jnp.stack([loss(pred, y), acc.astype(jnp.float32)])
+        # float32 at least, float64 if the loss is: a float16 loss of one batch
+        # is rounded once here, never summed in float16.
+        dtype = jnp.promote_types(value.dtype, jnp.float32)
+        return jnp.stack([value.astype(dtype), acc.astype(dtype)])
 
     return batch_metrics
+
+
+_cached_batch_metrics = lru_cache(maxsize=64)(_batch_metrics)

@@ -1,6 +1,7 @@
 """Weight initialisers: JAX's own, re-exported under one roof, with names.
 
-Each is ``init(key, shape, dtype=jnp.float32) -> array``. Xavier (Glorot)
+Each is ``init(key, shape, dtype=jnp.float32) -> array`` (the default dtype
+is the factory's ``dtype=`` where one is given, as in JAX). Xavier (Glorot)
 initialisation keeps activation variance constant for tanh/sigmoid
 networks; He (Kaiming) doubles it for ReLU networks, whose units are zero
 half of the time.
@@ -291,16 +292,20 @@ class Initializer:
         draws a standard ``kind`` of distribution and multiplies it by the
         float32 ``factor`` (or, kind ``"fill"``, fills with ``bounds``):
         eager calls then make the same values without a compile per shape.
+      dtype: the dtype of a call that names none (as JAX's factories take
+        ``dtype=``); float32 by default.
     """
 
-    __slots__ = ("fn", "name", "plan")
+    __slots__ = ("dtype", "fn", "name", "plan")
 
-    def __init__(self, fn, name: str, plan=None):
+    def __init__(self, fn, name: str, plan=None, dtype=jnp.float32):
         self.fn = fn
         self.name = name
         self.plan = plan
+        self.dtype = dtype
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(self, key, shape, dtype=None):
+        dtype = self.dtype if dtype is None else dtype
         if self.plan is not None and _eager(key):
             out = _fast_init(self.plan, key, shape, dtype)
             if out is not None:
@@ -328,6 +333,8 @@ def _named(factory, plan=None):
     def make(*args, **kwargs):
         shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
         fn = factory(*args, **kwargs)
+        # A dtype= given to the factory is the calls' default, as in JAX.
+        dtype = signature.bind(*args, **kwargs).arguments.get("dtype", jnp.float32)
         steps = None
         if plan is not None:
             bound = signature.bind(*args, **kwargs)
@@ -336,7 +343,8 @@ def _named(factory, plan=None):
                 steps = plan(bound.arguments)
             except (TypeError, ValueError):  # odd arguments: JAX's own path
                 steps = None
-        return Initializer(fn, f"{factory.__name__}({', '.join(shown)})", steps)
+        name = f"{factory.__name__}({', '.join(shown)})"
+        return Initializer(fn, name, steps, dtype)
 
     return make
 

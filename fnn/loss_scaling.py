@@ -11,10 +11,13 @@ hands it to the gradient function. Re-exported by :mod:`fnn.optim`.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -24,6 +27,66 @@ class LossScaleState(NamedTuple):
     scale: jax.Array  # float32, shape (): what the loss was multiplied by
     good_steps: jax.Array  # int32, shape (): finite steps since the scale last grew
     inner: optax.OptState  # optax.apply_if_finite's state around the optimizer's
+
+
+#: The largest scale: its reciprocal, 2**-126, is float32's smallest normal
+#: number. At 2**127 XLA on CPU returned ``g / scale = 0`` for arrays (the
+#: subnormal reciprocal flushed to zero), and one more doubling reaches inf,
+#: where every step would overflow and be skipped, for ever.
+MAX_SCALE = 2.0**126
+
+
+def _scalar(name: str, value, kinds: str, what: str):
+    """``value`` as a Python number: a number or a 0-d array of dtype ``kinds``."""
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0:
+        if np.dtype(value.dtype).kind in kinds:
+            return value.item()
+    elif not isinstance(value, bool) and isinstance(
+        value, numbers.Integral if kinds == "iu" else numbers.Real
+    ):
+        return value
+    raise TypeError(f"dynamic_loss_scale: {name} must be {what}, got {value!r}")
+
+
+def _check_options(initial_scale, growth_interval, factor):
+    """The options as Python numbers, else a clear error.
+
+    Returns:
+      ``(initial_scale, growth_interval, factor)``: float, int, float.
+
+    Raises:
+      TypeError: a non-number (a bool, a float ``growth_interval``...).
+      ValueError: a value :func:`dynamic_loss_scale` cannot use.
+    """
+    initial_scale = float(_scalar("initial_scale", initial_scale, "iuf", "a number"))
+    factor = float(_scalar("factor", factor, "iuf", "a number"))
+    growth_interval = int(_scalar("growth_interval", growth_interval, "iu", "an int"))
+    if not (
+        0 < initial_scale <= MAX_SCALE
+        and 1 < factor < math.inf
+        and 1 <= growth_interval < 2**31
+    ):
+        raise ValueError(
+            "dynamic_loss_scale: needs 0 < initial_scale <= 2**126, finite "
+            "factor > 1 and 1 <= growth_interval < 2**31; got "
+            f"{initial_scale}, {factor}, {growth_interval}"
+        )
+    return initial_scale, growth_interval, factor
+
+
+def _unscaled(grads, scale: jax.Array):
+    """``grads / scale``, divided in float32 (or wider) whatever their dtype.
+
+    In float16 the scale itself overflows from 2**16 on (``g / inf = 0``: a
+    silent zero step), and in bfloat16 a scale that is not a power of two
+    rounds; the quotient is exact in float32 and rounds once, to ``g``'s dtype.
+    """
+
+    def divide(g):
+        wide = jnp.promote_types(g.dtype, jnp.float32)
+        return (g.astype(wide) / scale.astype(wide)).astype(g.dtype)
+
+    return jax.tree.map(divide, grads)
 
 
 def dynamic_loss_scale(
@@ -45,20 +108,24 @@ def dynamic_loss_scale(
       finite steps in a row the scale grows by ``factor``;
     - any inf or NaN (the scale was too large): no update, the wrapped
       optimizer's state unchanged (``optax.apply_if_finite``), the scale
-      shrinks by ``factor``, but not below 1. ``state.inner.total_notfinite``
+      shrinks by ``factor``, but not below 1 (nor below ``initial_scale``
+      when that is smaller). ``state.inner.total_notfinite``
       counts the skipped steps: if it keeps growing at scale 1, the
       gradients are broken, not overflowing.
 
-    Powers of two keep the scaling exact in float32. Usage::
+    The scale grows no further than :data:`MAX_SCALE` (``2**126``), so it
+    stays finite however long the run. Powers of two keep the scaling exact
+    in float32. Usage::
 
         opt = fnn.optim.dynamic_loss_scale(fnn.optim.adam(1e-3))
         step = fnn.train.make_step(model, loss, opt, compute_dtype=jnp.float16)
 
     Args:
       optimizer: the optimizer to guard, any ``optax.GradientTransformation``.
-      initial_scale: the first scale, ``> 0`` (a power of two).
-      growth_interval: finite steps in a row before the scale grows.
-      factor: what the scale grows and shrinks by, ``> 1``.
+      initial_scale: the first scale, in ``(0, 2**126]`` (a power of two).
+      growth_interval: finite steps in a row before the scale grows, an int
+        in ``[1, 2**31)``.
+      factor: what the scale grows and shrinks by, finite and ``> 1``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -66,6 +133,7 @@ def dynamic_loss_scale(
       ``optimizer``.
 
     Raises:
+      TypeError: an option that is not a number (``growth_interval``: an int).
       ValueError: an option out of its range.
 
     Example:
@@ -82,11 +150,10 @@ def dynamic_loss_scale(
       >>> [round(u, 4) for u in updates["w"].tolist()]  # -0.1 * grads / 4
       [-0.2, -0.4]
     """
-    if not (initial_scale > 0 and factor > 1 and growth_interval >= 1):
-        raise ValueError(
-            "dynamic_loss_scale: needs initial_scale > 0, factor > 1 and "
-            f"growth_interval >= 1; got {initial_scale}, {factor}, {growth_interval}"
-        )
+    initial_scale, growth_interval, factor = _check_options(
+        initial_scale, growth_interval, factor
+    )
+    floor = min(1.0, initial_scale)  # below 1 it only hides NaNs
     guarded = optax.apply_if_finite(optimizer, max_consecutive_errors=2**31 - 1)
 
     def init(params):
@@ -97,18 +164,23 @@ def dynamic_loss_scale(
         )
 
     def update(grads, state, params=None, **extra_args):
-        grads = jax.tree.map(lambda g: g / state.scale.astype(g.dtype), grads)
+        grads = _unscaled(grads, state.scale)
         updates, inner = guarded.update(grads, state.inner, params, **extra_args)
         finite = inner.last_finite
         grow = finite & (state.good_steps + 1 >= growth_interval)
-        shrunk = jnp.maximum(state.scale / factor, 1.0)  # below 1 it only hides NaNs
-        scale = jnp.where(
-            finite, jnp.where(grow, state.scale * factor, state.scale), shrunk
-        )
+        grown = jnp.minimum(state.scale * factor, MAX_SCALE)
+        shrunk = jnp.maximum(state.scale / factor, floor)
+        scale = jnp.where(finite, jnp.where(grow, grown, state.scale), shrunk)
         good_steps = jnp.where(finite & ~grow, state.good_steps + 1, 0)
         return updates, LossScaleState(scale, good_steps.astype(jnp.int32), inner)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _holds_a_scale(tree) -> bool:
+    """Whether a :class:`LossScaleState` sits anywhere in ``tree``."""
+    nodes = jax.tree.leaves(tree, is_leaf=lambda n: isinstance(n, LossScaleState))
+    return any(isinstance(n, LossScaleState) for n in nodes)
 
 
 def loss_scale_of(opt_state) -> jax.Array | None:
@@ -122,14 +194,19 @@ def loss_scale_of(opt_state) -> jax.Array | None:
       wrapped in :func:`dynamic_loss_scale`.
 
     Raises:
-      ValueError: the wrapper sits inside another transformation: the step
-        could not find the scale to multiply the loss by, and the wrapper
-        would still divide the gradients by it.
+      ValueError: a wrapper inside another transformation, or inside a
+        second wrapper: the step multiplies the loss by one scale only (the
+        outermost), and each inner wrapper would still divide the gradients
+        by its own, 2**15 times too small, silently.
     """
     if isinstance(opt_state, LossScaleState):
+        if _holds_a_scale(opt_state.inner):
+            raise ValueError(
+                "dynamic_loss_scale wraps another dynamic_loss_scale: wrap the "
+                "optimizer once"
+            )
         return opt_state.scale
-    nested = jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, LossScaleState))
-    if any(isinstance(n, LossScaleState) for n in nested):
+    if _holds_a_scale(opt_state):
         raise ValueError(
             "dynamic_loss_scale must be the outermost optimizer: wrap the whole "
             "chain, dynamic_loss_scale(optax.chain(...)), not a part of it"

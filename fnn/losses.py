@@ -23,7 +23,14 @@ Every loss is a mean, so its size does not grow with the batch:
 Targets must have exactly the shape the loss expects; a mismatch such as
 ``(N, 1)`` targets for ``(N,)`` predictions raises ``ValueError`` naming the
 loss and both shapes, at trace time (so under ``jax.jit`` too). Losses never
-broadcast. Float targets are cast to the prediction's dtype.
+broadcast.
+
+Dtypes: a loss and its gradient are computed in float32 at least and
+returned in the prediction's dtype. float16 or bfloat16 predictions are
+widened first (in float16, ``1 / n`` for more than 65504 elements is
+``inf``, and ``1 - BCE_EPS`` rounds to 1); integer or bool predictions
+compute, and return, in the default float dtype. Targets are cast to that
+working dtype, so float targets are never truncated to integers.
 
 Values are checked too, but only where they are known, on concrete
 (non-traced) inputs: class indices outside ``[0, C)``, probabilities or 0/1
@@ -50,7 +57,14 @@ import jax
 import jax.numpy as jnp
 
 from fnn import metrics
-from fnn._targets import check_members, check_within, class_targets, same_shape
+from fnn._targets import (
+    check_members,
+    check_targets,
+    check_within,
+    class_targets,
+    same_shape,
+    widened,
+)
 from fnn.metrics import accuracy
 from fnn.penalties import Penalty, l1_penalty, l2_penalty, penalty
 
@@ -119,29 +133,34 @@ class Loss:
 # Regression losses.
 
 
+@widened
 def _mse(pred, target):
     """``mean((p - t)^2)`` over all elements; gradient ``2 (p - t) / n``."""
     pred, target = same_shape("mse", pred, target)
     return jnp.mean(jnp.square(pred - target))
 
 
+@widened
 def _mse_grad(pred, target):
     pred, target = same_shape("mse", pred, target)
     return (pred - target) * (2 / pred.size)
 
 
+@widened
 def _mae(pred, target):
     """``mean(|p - t|)``; gradient ``sign(p - t) / n`` with ``+1`` at ``p == t``."""
     pred, target = same_shape("mae", pred, target)
     return jnp.mean(jnp.abs(pred - target))
 
 
+@widened
 def _mae_grad(pred, target):
     pred, target = same_shape("mae", pred, target)
     ones = jnp.ones_like(pred)
     return jnp.where(pred >= target, ones, -ones) / pred.size
 
 
+@widened
 def _l2_error(pred, target):
     """``sum(0.5 (p - t)^2) / N`` with ``N = pred.shape[0]``; gradient ``(p - t) / N``.
 
@@ -151,6 +170,7 @@ def _l2_error(pred, target):
     return 0.5 * jnp.sum(jnp.square(pred - target)) / pred.shape[0]
 
 
+@widened
 def _l2_error_grad(pred, target):
     pred, target = same_shape("l2_error", pred, target)
     return (pred - target) / pred.shape[0]
@@ -172,10 +192,14 @@ def _bce_inputs(prob, target):
 
 
 def _inside(prob):
-    """Where ``prob`` lies inside the clip range ``[BCE_EPS, 1 - BCE_EPS]``."""
-    return (prob >= BCE_EPS) & (prob <= 1 - BCE_EPS)
+    """Where ``prob`` is not clipped: in ``[BCE_EPS, 1 - BCE_EPS]``, or NaN.
+
+    A NaN is "inside" so that it reaches the gradient as NaN, as in jax.grad.
+    """
+    return ~((prob < BCE_EPS) | (prob > 1 - BCE_EPS))
 
 
+@widened
 def _binary_cross_entropy(prob, target):
     """``-mean(t log p + (1 - t) log(1 - p))`` on probabilities ``p``.
 
@@ -189,6 +213,7 @@ def _binary_cross_entropy(prob, target):
     return -jnp.mean(target * jnp.log(p) + (1 - target) * jnp.log1p(-p))
 
 
+@widened
 def _binary_cross_entropy_grad(prob, target):
     prob, target = _bce_inputs(prob, target)
     p = jnp.clip(prob, BCE_EPS, 1 - BCE_EPS)
@@ -203,6 +228,7 @@ def _sbce_inputs(logits, target):
     return checked
 
 
+@widened
 def _sigmoid_binary_cross_entropy(logits, target):
     """Binary cross-entropy of ``sigmoid(z)``, computed from the logits ``z``.
 
@@ -214,11 +240,13 @@ def _sigmoid_binary_cross_entropy(logits, target):
     return jnp.mean(jax.nn.softplus(logits) - logits * target)
 
 
+@widened
 def _sigmoid_binary_cross_entropy_grad(logits, target):
     logits, target = _sbce_inputs(logits, target)
     return (jax.nn.sigmoid(logits) - target) / logits.size
 
 
+@widened
 def _softmax_cross_entropy(logits, labels):
     """``-sum_c t_c log_softmax(z)_c``, averaged over all leading axes.
 
@@ -229,13 +257,19 @@ def _softmax_cross_entropy(logits, labels):
 
     The gradient is ``(softmax(z) sum_c t_c - t) / M`` with ``M`` the number of
     rows, i.e. ``(softmax(z) - t) / M`` for one-hot or probability targets.
-    Log-sum-exp keeps it finite for logits in the tens of thousands.
+    Log-sum-exp keeps it finite for logits in the tens of thousands, and a
+    class masked out with a ``-inf`` logit costs nothing where its target is 0.
     """
     logits, t = class_targets("softmax_cross_entropy", logits, labels)
     rows = logits.size // logits.shape[-1]
-    return -jnp.sum(t * jax.nn.log_softmax(logits, axis=-1)) / rows
+    # A class masked with a -inf logit has log-probability -inf; where its
+    # target is 0 it costs 0, not 0 * -inf = NaN (as PyTorch and optax's
+    # integer-label loss), which also matches the gradient below.
+    terms = jnp.where(t != 0, t * jax.nn.log_softmax(logits, axis=-1), 0)
+    return -jnp.sum(terms) / rows
 
 
+@widened
 def _softmax_cross_entropy_grad(logits, labels):
     logits, t = class_targets("softmax_cross_entropy", logits, labels)
     rows = logits.size // logits.shape[-1]
@@ -252,6 +286,7 @@ def _ce_inputs(prob, labels):
     return checked, t, checked.size // checked.shape[-1]
 
 
+@widened
 def _cross_entropy(prob, labels):
     """``-1/M sum_rows sum_c y_c log(max(p_c, PROB_EPS))`` on probabilities.
 
@@ -261,17 +296,20 @@ def _cross_entropy(prob, labels):
     the gradient NaN. Clamped at ``PROB_EPS = 1e-7``, such a class costs
     ``-log(1e-7) ~ 16.1`` and passes no gradient. Where ``p >= PROB_EPS`` the
     gradient is ``-y / (M p)``, else 0 (autodiff of the clamped value gives
-    the same). Prefer ``softmax_cross_entropy`` on logits: it needs no clamp,
-    and its gradient ``softmax(z) - y`` never vanishes on a wrong answer.
+    the same). A NaN probability is not clamped: the loss is NaN, as the
+    formula gives. Prefer ``softmax_cross_entropy`` on logits: it needs no
+    clamp, and its gradient ``softmax(z) - y`` never vanishes on a wrong answer.
     """
     prob, t, rows = _ce_inputs(prob, labels)
-    p = jnp.where(prob >= PROB_EPS, prob, PROB_EPS)
+    # prob < eps, not ~(prob >= eps): a NaN (a diverged model) stays NaN.
+    p = jnp.where(prob < PROB_EPS, PROB_EPS, prob)
     return -jnp.sum(t * jnp.log(p)) / rows
 
 
+@widened
 def _cross_entropy_grad(prob, labels):
     prob, t, rows = _ce_inputs(prob, labels)
-    inside = prob >= PROB_EPS
+    inside = ~(prob < PROB_EPS)  # NaN included: its gradient is NaN
     dp = -t / (jnp.where(inside, prob, PROB_EPS) * rows)
     return jnp.where(inside, dp, jnp.zeros_like(dp))
 
@@ -282,6 +320,7 @@ def _hinge_inputs(pred, target):
     return checked
 
 
+@widened
 def _hinge(pred, target):
     """``mean(max(0, 1 - t p))`` with labels ``t`` in ``{-1, +1}``.
 
@@ -294,6 +333,7 @@ def _hinge(pred, target):
     return jnp.mean(jax.nn.relu(1 - target * pred))
 
 
+@widened
 def _hinge_grad(pred, target):
     pred, target = _hinge_inputs(pred, target)
     active = 1 - target * pred > 0
@@ -344,40 +384,6 @@ LOSSES = (
     cross_entropy,
     hinge,
 )
-
-
-def check_targets(loss, pred_shape: tuple, target, dtype=jnp.float32) -> None:
-    """Checks concrete targets against a loss and an output shape, computing nothing.
-
-    Traces ``loss(pred, target)`` with an abstract ``pred`` of ``pred_shape``
-    (``jax.eval_shape``: no compile, no arrays the size of ``pred``) and the
-    concrete ``target``, so every check of the loss runs: shapes, and the
-    values that ``jit`` would hide (class indices in ``[0, C)``, 0/1 targets
-    in ``[0, 1]``, hinge labels -1/+1). ``fit`` and ``evaluate`` can call it
-    on their whole label array before the first step compiles, where an
-    out-of-range label would otherwise become an all-zero one-hot row.
-
-    Args:
-      loss: any ``loss(pred, target)``; the checks are the loss's own.
-      pred_shape: the predictions' shape, batch axis included, e.g.
-        ``(len(y),) + output_shape``.
-      target: the concrete targets (NumPy or JAX arrays, not traced).
-      dtype: the predictions' dtype.
-
-    Raises:
-      ValueError: whatever the loss raises for these targets.
-
-    Example:
-      >>> import numpy as np
-      >>> from fnn import losses
-      >>> labels = np.array([1, 9, 10])
-      >>> losses.check_targets(losses.softmax_cross_entropy, (3, 10), labels)
-      ... # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ...
-      ValueError: softmax_cross_entropy: labels must lie in [0, 10) for 10 classes...
-    """
-    jax.eval_shape(lambda p: loss(p, target), jax.ShapeDtypeStruct(pred_shape, dtype))
 
 
 # Keras' and PyTorch's names for the losses above, for the error a string

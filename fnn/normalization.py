@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from fnn.options import check_train
 from fnn.protocol import (
     Layer,
     ShapeError,
@@ -69,6 +70,40 @@ def _affine(params, x_hat):
     return x_hat * per_channel(params["w"], ndim) + per_channel(params["b"], ndim)
 
 
+def _standardise(x, axes, eps):
+    """``(x_hat, inv, mean, var)`` from ``x``'s own statistics over ``axes``.
+
+    The statistics are taken in float32 or wider, as flax does: in float16,
+    ``(x - mean)**2`` overflows to inf from ``|x - mean| = 256``, which made
+    every ``x_hat`` 0 and the running variance inf. ``x_hat`` (at most
+    ``sqrt(m)`` in size) comes back in ``x``'s float dtype, so the layer's
+    output dtype is unchanged; ``inv``, ``mean`` and ``var`` (kept dims) stay
+    wide.
+    """
+    xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = jnp.mean(xs, axis=axes, keepdims=True)
+    centred = xs - mean
+    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+    inv = jax.lax.rsqrt(var + eps)
+    x_hat = centred * inv
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        x_hat = x_hat.astype(x.dtype)
+    return x_hat, inv, mean, var
+
+
+def _widened(inv, dy, x_hat):
+    """``dy`` and ``x_hat`` in the statistics' (wide) dtype or ``dy``'s, for
+    the backward."""
+    wide = jnp.result_type(inv, dy, x_hat)
+    return dy.astype(wide), x_hat.astype(wide)
+
+
+def _narrowed(params, dy, x_hat, dw, db, dx):
+    """The backward's results in the dtypes of the plain formulas on ``dy``."""
+    dparams = {"w": dw.astype(jnp.result_type(dy, x_hat)), "b": db.astype(dy.dtype)}
+    return dparams, dx.astype(jnp.result_type(params["w"], x_hat, dy))
+
+
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     """Batch normalisation per channel (the last axis).
 
@@ -77,8 +112,12 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     Training normalises with the batch's mean and (biased) variance and
     returns the updated running values,
-    ``running = momentum * running + (1 - momentum) * batch``;
-    evaluation normalises with the running values and leaves them alone.
+    ``running = momentum * running + (1 - momentum) * batch``, in the
+    state's dtype; the running variance averages that same biased variance
+    (as Keras and flax do; PyTorch's ``momentum`` is our ``1 - momentum``
+    and its running variance is the unbiased one). Evaluation normalises
+    with the running values and leaves them alone. Statistics are taken in
+    float32 (or wider) also for float16 and bfloat16 inputs.
     Training needs more than one value per channel (a batch of one vector
     would normalise to the constant ``b``): fewer raise a
     :class:`~fnn.protocol.ShapeError` at trace time, as PyTorch does.
@@ -91,6 +130,13 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
       A :class:`~fnn.protocol.Layer` with parameters
       ``{"w": (C,), "b": (C,)}`` (scale and shift, starting at 1 and 0) and
       state ``{"mean": (C,), "var": (C,)}`` (starting at 0 and 1).
+
+    Raises:
+      ValueError: at construction, for a ``momentum`` outside ``[0, 1]`` or
+        an ``eps <= 0``.
+      ShapeError: for a training batch of one value per channel, or inputs,
+        params or state that do not fit.
+      TypeError: for a ``train`` that is not a bool known at trace time.
 
     Backward: the module's formulas, with ``m = N * (spatial size)``; in
     evaluation ``dx = w / sqrt(running_var + eps) * dy``.
@@ -128,23 +174,24 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         c = _check_affine(name, params, x)
         check_leaves(name, "state", state, {"mean": (c,), "var": (c,)})
         axes = tuple(range(x.ndim - 1))
-        if train:
+        if check_train(name, train):
             if c and x.size // c <= 1:
                 raise ShapeError(
                     f"{name}: training needs more than one value per channel to "
                     f"take a batch variance, got input of batch shape "
                     f"{tuple(x.shape)}; use a batch of 2 or more, or train=False"
                 )
-            mean = jnp.mean(x, axis=axes)
-            centred = x - per_channel(mean, x.ndim)
-            var = jnp.mean(jnp.square(centred), axis=axes)
-            inv = jax.lax.rsqrt(var + eps)
-            x_hat = centred * per_channel(inv, x.ndim)
+            x_hat, inv, mean, var = _standardise(x, axes, eps)
+            # The running values keep the state's dtype: float64 batch
+            # statistics (x64 on) must not turn float32 state into float64,
+            # which broke fit's compiled loop (carry dtypes must match).
             new_state = {
-                "mean": momentum * state["mean"] + (1 - momentum) * mean,
-                "var": momentum * state["var"] + (1 - momentum) * var,
+                k: (momentum * state[k] + (1 - momentum) * v.reshape(c)).astype(
+                    state[k].dtype
+                )
+                for k, v in (("mean", mean), ("var", var))
             }
-            cache = {"batch": (x_hat, inv)}
+            cache = {"batch": (x_hat, inv.reshape(c))}
         else:
             inv = jax.lax.rsqrt(state["var"] + eps)
             x_hat = (x - per_channel(state["mean"], x.ndim)) * per_channel(inv, x.ndim)
@@ -154,17 +201,18 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def backward(params, cache, dy):
         ((mode, (x_hat, inv)),) = cache.items()
         axes = tuple(range(dy.ndim - 1))
-        db = jnp.sum(dy, axis=axes)
-        dw = jnp.sum(dy * x_hat, axis=axes)
+        dyw, xh = _widened(inv, dy, x_hat)
+        db = jnp.sum(dyw, axis=axes)
+        dw = jnp.sum(dyw * xh, axis=axes)
         gain = per_channel(params["w"] * inv, dy.ndim)
         if mode == "batch":
             m = dy.size // dy.shape[-1]
             dx = gain * (
-                dy - per_channel(db / m, dy.ndim) - x_hat * per_channel(dw / m, dy.ndim)
+                dyw - per_channel(db / m, dy.ndim) - xh * per_channel(dw / m, dy.ndim)
             )
         else:
-            dx = gain * dy
-        return {"w": dw, "b": db}, dx
+            dx = gain * dyw
+        return _narrowed(params, dy, x_hat, dw, db, dx)
 
     return Layer(init, forward, backward, name)
 
@@ -198,22 +246,21 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
     def forward(params, state, x, *, key=None, train=False):
         _check_affine(name, params, x)
         check_leaves(name, "state", state, ())
-        centred = x - jnp.mean(x, axis=-1, keepdims=True)
-        inv = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
-        x_hat = centred * inv
+        x_hat, inv, _, _ = _standardise(x, -1, eps)
         return _affine(params, x_hat), state, (x_hat, inv)
 
     def backward(params, cache, dy):
         x_hat, inv = cache
         axes = tuple(range(dy.ndim - 1))
-        g = dy * per_channel(params["w"], dy.ndim)
+        dyw, xh = _widened(inv, dy, x_hat)
+        g = dyw * per_channel(params["w"], dy.ndim)
         dx = inv * (
             g
             - jnp.mean(g, axis=-1, keepdims=True)
-            - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True)
+            - xh * jnp.mean(g * xh, axis=-1, keepdims=True)
         )
-        dparams = {"w": jnp.sum(dy * x_hat, axis=axes), "b": jnp.sum(dy, axis=axes)}
-        return dparams, dx
+        dw, db = jnp.sum(dyw * xh, axis=axes), jnp.sum(dyw, axis=axes)
+        return _narrowed(params, dy, x_hat, dw, db, dx)
 
     return Layer(init, forward, backward, name)
 

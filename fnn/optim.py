@@ -34,19 +34,34 @@ ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 def _number(name: str, value, lo: float, hi: float = math.inf, hi_open=False):
-    """Checks a numeric option at construction: a real number in its range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """Checks a numeric option at construction: a real number in its range.
+
+    A 0-d array (``optax.inject_hyperparams`` passes one) is returned as it
+    is, so its dtype reaches the update as in optax; traced, only its shape
+    can be checked.
+    """
+    number = value
+    if isinstance(value, (jax.Array, np.ndarray)):
+        if np.ndim(value) != 0 or np.dtype(value.dtype).kind not in "iuf":
+            raise TypeError(
+                f"{name} must be a real number or a 0-d real array, got an "
+                f"array of {value.dtype}, shape {np.shape(value)}"
+            )
+        if isinstance(value, jax.core.Tracer):
+            return value
+        number = float(value)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    inside = lo <= value < hi if hi_open else lo <= value <= hi
-    if not (math.isfinite(value) and inside):
+    inside = lo <= number < hi if hi_open else lo <= number <= hi
+    if not (math.isfinite(number) and inside):
         bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return float(value)
+    return value if number is not value else float(value)
 
 
 def _learning_rate(name: str, learning_rate):
-    """A float (finite, >= 0) or an optax schedule (a callable), else an error."""
-    if callable(learning_rate) or isinstance(learning_rate, jax.Array):
+    """A float or 0-d array (finite, >= 0), or an optax schedule, else an error."""
+    if callable(learning_rate):
         return learning_rate
     return _number(f"{name}: learning_rate", learning_rate, 0.0)
 
@@ -85,9 +100,12 @@ def scale_by_momentum(beta: float = 0.9, nesterov: bool = False):
       An ``optax.GradientTransformation`` whose state is :class:`MomentumState`.
 
     Raises:
-      TypeError, ValueError: ``beta`` outside ``[0, 1)``.
+      TypeError, ValueError: ``beta`` outside ``[0, 1)``, or ``nesterov``
+        not a bool (``momentum(0.1, 0.9, 0.5)`` would have meant Nesterov).
     """
     beta = _number("momentum: beta", beta, 0.0, 1.0, hi_open=True)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"momentum: nesterov must be a bool, got {nesterov!r}")
 
     def init(params):
         return MomentumState(jax.tree.map(jnp.zeros_like, params))
@@ -163,7 +181,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     Args:
       b1: decay of the first moment, in ``[0, 1)``.
       b2: decay of the second moment, in ``[0, 1)``.
-      eps: added to ``sqrt(v_hat)``, so a zero gradient gives direction 0.
+      eps: added to ``sqrt(v_hat)``: with ``eps > 0`` a zero gradient gives 0.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`AdamState`.
@@ -209,7 +227,7 @@ def adam(
       learning_rate: ``lr``, a float ``>= 0`` or an optax schedule.
       b1: decay of the first moment, in ``[0, 1)``.
       b2: decay of the second moment, in ``[0, 1)``.
-      eps: added to ``sqrt(v_hat)``, ``>= 0``.
+      eps: added to ``sqrt(v_hat)``, ``>= 0`` (0 gives nan where ``g`` stayed 0).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -238,14 +256,23 @@ def check_optimizer(who: str, optimizer) -> None:
         getattr(optimizer, "update", None)
     ):
         return
-    hint = ""
-    if isinstance(optimizer, str) and optimizer.strip().lower() in _OPTIMIZERS:
-        name = optimizer.strip().lower()
-        hint = f"; for {optimizer!r} write fnn.optim.{name}({_OPTIMIZERS[name]})"
     raise TypeError(
         f"{who}: optimizer must be an optax.GradientTransformation such as "
-        f"fnn.optim.adam(1e-3) or optax.sgd(0.1), got {optimizer!r}{hint}"
+        f"fnn.optim.adam(1e-3) or optax.sgd(0.1), got {optimizer!r}"
+        f"{_optimizer_hint(optimizer)}"
     )
+
+
+def _optimizer_hint(optimizer) -> str:
+    """The call to write instead: for a name (``"adam"``), or a factory not called."""
+    name = optimizer.strip().lower() if isinstance(optimizer, str) else None
+    if name in _OPTIMIZERS:
+        return f"; for {optimizer!r} write fnn.optim.{name}({_OPTIMIZERS[name]})"
+    if name and callable(getattr(optax, name, None)):
+        return f"; for {optimizer!r} write optax.{name}(learning_rate)"
+    if callable(optimizer):  # fnn.optim.adam rather than fnn.optim.adam(1e-3)
+        return f"; a function: call it, {getattr(optimizer, '__name__', 'it')}(...)"
+    return ""
 
 
 #: fnn's optimizers, with the learning rate the error above suggests.

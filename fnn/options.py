@@ -6,6 +6,10 @@ wrote it. NumPy scalars are accepted wherever a Python number is
 (``Dense(np.int64(10))``, ``Dropout(np.float32(0.5))``) and converted to
 Python numbers, so that names and closures hold plain values; ``bool`` is
 refused where a number is meant.
+
+The one flag checked when a layer is called, ``train``, is here too
+(:func:`check_train`): it picks between two programs, so it must be a bool
+known when the program is traced.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import jax
 import numpy as np
 
 
@@ -100,3 +105,29 @@ def _show(value) -> str:
     if text.startswith("<") and hasattr(value, "__qualname__"):
         return value.__qualname__
     return text
+
+
+def check_train(name: str, train) -> bool:
+    """Validates the ``train`` flag of a layer whose behaviour it switches.
+
+    Args:
+      name: the layer, for the message.
+      train: ``True`` or ``False`` (NumPy bools and concrete bool arrays too).
+
+    Returns:
+      ``train`` as a Python ``bool``.
+
+    Raises:
+      TypeError: for a traced value (``train`` passed through ``jax.jit`` as
+        an argument: the choice between two programs cannot wait for run
+        time), or anything but a bool (``"eval"`` would have meant training).
+    """
+    if isinstance(train, jax.core.Tracer):
+        raise TypeError(
+            f"{name}: train must be a Python bool, known when the program is "
+            "traced, got a traced value; under jax.jit mark it static, "
+            "jax.jit(f, static_argnames='train'), or close over it"
+        )
+    if np.asarray(train).dtype != np.bool_ or np.ndim(train) != 0:
+        raise TypeError(f"{name}: train must be True or False, got {train!r:.80}")
+    return bool(train)

@@ -16,6 +16,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from fnn._targets import working_dtype
 
 Array = jax.Array
 Params = Any  # a pytree of arrays
@@ -43,9 +46,15 @@ class Penalty:
 
 
 def _total(params, term):
+    """``sum term(w)`` over the leaves, each summed in float32 at least.
+
+    A float16 sum of squares overflows past 65504 (a million weights of 0.3
+    do), so float16 and bfloat16 leaves are widened before ``term``.
+    """
     total = 0.0
     for w in jax.tree.leaves(params):
-        total = total + jnp.sum(term(jnp.asarray(w)))
+        w = jnp.asarray(w)
+        total = total + jnp.sum(term(w.astype(working_dtype(w.dtype))))
     return jnp.asarray(total)
 
 
@@ -77,12 +86,22 @@ l1_penalty = Penalty(_l1_penalty, _l1_penalty_grad, "l1_penalty")
 l2_penalty = Penalty(_l2_penalty, _l2_penalty_grad, "l2_penalty")
 
 
+def _is_real(value) -> bool:
+    """A Python int or float, or a 0-d integer or float array; no bool, no complex."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | float):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (
+        getattr(value, "shape", None) == ()
+        and dtype is not None
+        and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+    )
+
+
 def _strength(name: str, value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        and not (hasattr(value, "shape") and value.shape == ())
-    ):
+    if not _is_real(value):
         raise TypeError(f"penalty: {name} must be a real number, got {value!r}")
     value = float(value)
     if not (math.isfinite(value) and value >= 0):

@@ -84,6 +84,24 @@ def test_known_values_at_kinks(fn, opts, x, fx, dfx):
     np.testing.assert_allclose(A.derivative(fn)(x, **opts), dfx, rtol=1e-6)
 
 
+def test_every_derivative_is_finite_for_large_inputs_in_16_bit_floats():
+    """The tanh gelu's slope was ``0 * inf = NaN`` once ``x * x`` overflowed:
+    float16 from ``|x| = 710`` (float32 from ``5e19``), though it is exactly
+    1 (or 0) there, as the float32 slope at ``|x| = 50`` already is."""
+    big = np.array([50.0, 710.0, 3e4, 6e4])
+    for dtype in (jnp.float16, jnp.bfloat16):
+        x = jnp.asarray(np.concatenate([big, -big]), dtype)
+        for _, fn, opts in ELEMENTWISE_CASES:
+            d = np.asarray(A.derivative(fn)(x, **opts), np.float32)
+            assert np.isfinite(d).all(), (fn.__name__, opts, dtype, d)
+        d = A.derivative(A.gelu)(x, approximate=True)
+        assert d.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(d, np.float32), [1] * 4 + [0] * 4)
+    x = jnp.array([1e20, -1e20, 3e38, -3e38], jnp.float32)
+    d = A.derivative(A.gelu)(x, approximate=True)
+    np.testing.assert_array_equal(d, [1, 0, 1, 0])
+
+
 @pytest.mark.parametrize("fn", [A.softmax, A.log_softmax], ids=["softmax", "log"])
 @pytest.mark.parametrize("shape", [(4,), (2, 3, 5)])
 def test_softmax_jacobian_matches_autodiff(fn, shape):

@@ -469,6 +469,17 @@ def test_embedding_refuses_ids_out_of_range_in_eager_calls():
             layer.apply(params, state, ids)
 
 
+def test_embedding_checks_int64_ids_before_x64_off_narrows_them():
+    """With x64 off ``jnp.asarray`` narrows int64 to int32: ``2**32 + 1``
+    wrapped to the valid id 1 and silently looked up row 1."""
+    layer = Embedding(5, 3)
+    _, params, state = layer.init(KEY, (2,))
+    for dtype in (np.int64, np.uint64):
+        ids = np.array([[2, 2**32 + 1]], dtype)
+        with pytest.raises(ValueError, match=r"outside it \(e.g. \[4294967297\]\)"):
+            layer.apply(params, state, ids)
+
+
 def test_embedding_ids_out_of_range_under_jit_give_nan_rows_and_no_gradient():
     """Never a clamped or wrapped-around row: ``-1`` is not the last id."""
     layer = Embedding(5, 3)

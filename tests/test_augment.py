@@ -55,6 +55,37 @@ def test_translate_matches_numpy_padding(mode):
         np.testing.assert_array_equal(out[n], shifted(np.asarray(x[n]), dy, dx, mode))
 
 
+def shifted_far(image, dy, dx, mode):
+    """NumPy reference for shifts of any length: pad by the shift itself."""
+    h, w = image.shape[:2]
+    py, px = abs(dy) + h, abs(dx) + w
+    padded = np.pad(image, ((py, py), (px, px), (0, 0)), mode=mode)
+    return padded[py - dy : py - dy + h, px - dx : px - dx + w]
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+def test_translate_by_more_than_the_image_size_matches_numpy(mode):
+    # Reflection is periodic (period 2 (size - 1)): a shift by 7 of a width-5
+    # image is not the shift by 5 that clipping to the size would give.
+    x = images(n=4, h=4, w=5)
+    offsets = np.array([[0, 7], [-9, 0], [5, -13], [4, 4]])
+    out = np.asarray(A.translate(x, offsets, mode=mode))
+    for n, (dy, dx) in enumerate(offsets):
+        expected = shifted_far(np.asarray(x[n]), dy, dx, mode)
+        np.testing.assert_array_equal(out[n], expected, err_msg=f"{mode} {dy, dx}")
+    # A size-1 axis reflects onto itself: any shift along it is the identity.
+    line = images(n=1, h=1, w=3)
+    np.testing.assert_array_equal(
+        A.translate(line, np.array([[3, 0]]), mode="reflect"), line
+    )
+
+
+def test_translate_refuses_fractional_offsets():
+    # Cast to int, 0.7 became 0 and -1.6 became -1: a silent wrong shift.
+    with pytest.raises(TypeError, match="offsets must be integers .* float32"):
+        A.translate(images(n=2), jnp.array([[0.7, 0.0], [0.0, -1.6]]))
+
+
 # ---------------------------------------------------------------- rotate
 
 
@@ -75,6 +106,19 @@ def test_rotate_non_square_by_180_and_fills_with_zeros():
     # 90 degrees turns a 4x6 image's long side out of its frame: corners go to 0.
     turned = np.asarray(A.rotate(x, jnp.array([90.0])))
     assert np.abs(turned[0, :, [0, -1]]).max() < 1e-4 < turned[0, :, 1:-1].min()
+
+
+def test_rotate_matches_scipy_ndimage_rotate():
+    # An independent reference: SciPy turns counter-clockwise as displayed,
+    # bilinear (order=1), zeros beyond the edge (grid-constant), same frame.
+    from scipy import ndimage
+
+    x = np.random.default_rng(0).random((7, 9)).astype(np.float32)
+    angles = [17.0, -33.0, 123.0]
+    out = np.asarray(A.rotate(jnp.broadcast_to(x[..., None], (3, 7, 9, 1)), angles))
+    for n, angle in enumerate(angles):
+        ref = ndimage.rotate(x, angle, reshape=False, order=1, mode="grid-constant")
+        np.testing.assert_allclose(out[n, ..., 0], ref, atol=1e-5, err_msg=angle)
 
 
 def test_rotate_small_angle_interpolates_bilinearly():
@@ -209,7 +253,13 @@ def test_dtype_is_preserved(name, dtype):
             "must be >= 0 and <= 180, got 200",
         ),
         (lambda: A.random_rotation("10"), TypeError, "must be a number"),
-        (lambda: A.gaussian_noise(-0.1), ValueError, "std must be >= 0, got -0.1"),
+        (
+            lambda: A.gaussian_noise(-0.1),
+            ValueError,
+            "std must be >= 0 and finite, got -0.1",
+        ),
+        (lambda: A.gaussian_noise(float("inf")), ValueError, "finite, got inf"),
+        (lambda: A.gaussian_noise(float("nan")), ValueError, "finite, got nan"),
         (lambda: A.compose(A.random_flip), TypeError, "did you mean random_flip(...)"),
         (lambda: A.compose(3), TypeError, "argument 0 is 3, not an augmentation"),
     ],
@@ -226,5 +276,13 @@ def test_input_rank_is_checked_at_trace_time():
         aug(KEY, jnp.zeros((6, 6, 1)))
     with pytest.raises(TypeError, match="needs a PRNG key"):
         A.random_flip()(None, images())
+    # An int seed instead of a key: named, not JAX's "invalid PRNG key data".
+    for bad in (0, jnp.array(3)):
+        with pytest.raises(TypeError, match=r"random_shift\(1\): needs a PRNG key"):
+            A.random_shift(1)(bad, images())
+    with pytest.raises(TypeError, match="compose: needs a PRNG key"):
+        A.compose(A.random_flip())(7, images())
+    legacy = A.random_shift(1)(jax.random.PRNGKey(0), images())  # raw keys work
+    assert legacy.shape == images().shape
     with pytest.raises(TypeError, match="needs floating inputs, got dtype int32"):
         A.gaussian_noise(0.1)(KEY, jnp.zeros((2, 3), jnp.int32))

@@ -273,3 +273,21 @@ def test_softmax_then_cross_entropy_is_the_softmax_cross_entropy_of_the_logits()
     backprop.value_and_grad(
         L.serial(L.Softmax, L.Dense(3)), losses.softmax_cross_entropy
     )
+
+
+@pytest.mark.parametrize("method", ["autodiff", "manual"])
+def test_a_per_example_loss_is_refused_with_what_to_write(method):
+    # optax's losses return one value per example; jax.grad used to fail
+    # with a bare "Gradient only defined for scalar-output functions".
+    import optax
+
+    def per_example(pred, y):
+        return optax.softmax_cross_entropy_with_integer_labels(pred, y)
+
+    per_example.grad = losses.softmax_cross_entropy.grad  # for "manual"
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    f = backprop.value_and_grad(model, per_example, method)
+    with pytest.raises(ValueError, match=r"returned shape \(4,\), not a scalar.*"
+                       r"jnp.mean\(loss\(p, y\)\)"):  # fmt: skip
+        f(params, state, jnp.ones((4, 2)), jnp.array([0, 1, 2, 0]))

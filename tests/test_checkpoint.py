@@ -160,6 +160,29 @@ def test_save_rejects_unsupported_leaves_and_keeps_the_old_file(tmp_path):
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt"]
 
 
+class _TwinLeaves:
+    """A pytree node that names both of its children ``.w``."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+
+_W = jax.tree_util.GetAttrKey("w")
+jax.tree_util.register_pytree_with_keys(
+    _TwinLeaves,
+    lambda t: (((_W, t.a), (_W, t.b)), None),
+    lambda _, children: _TwinLeaves(*children),
+)
+
+
+def test_save_refuses_two_leaves_with_one_key_path(tmp_path):
+    # It wrote a file that load then called corrupt ("path '.w' appears twice").
+    path = tmp_path / "ckpt"
+    with pytest.raises(ValueError, match=r"two leaves have the key path \['t'\]\.w"):
+        checkpoint.save(path, {"t": _TwinLeaves(jnp.ones(2), jnp.zeros(2))})
+    assert not path.exists()
+
+
 # --------------------------------------------------------------------------
 # validation against like
 # --------------------------------------------------------------------------

@@ -641,6 +641,16 @@ def test_spirals_rejects_bad_arguments():
         data.spirals(2, test_fraction=0.9)
     with pytest.raises(TypeError, match="seed"):
         data.spirals(10, seed=-1)
+    for bad in (10.0, True):
+        with pytest.raises(ValueError, match="n must be an int >= 2"):
+            data.spirals(bad)
+
+
+def test_spirals_accept_numpy_ints_as_counts():
+    # np.int64(12) was refused as "n must be an int >= 2, got 12".
+    (xa, ya), (xb, yb) = data.spirals(np.int64(12), classes=np.int32(3))
+    assert len(ya) + len(yb) == 12 and sorted({*ya, *yb}) == [0, 1, 2]
+    np.testing.assert_array_equal(xa, data.spirals(12, classes=3)[0][0])
 
 
 # --------------------------------------------------------------------------
@@ -759,6 +769,17 @@ def test_batches_validate_arguments_eagerly():
         data.batches(x, y, 2)
     with pytest.raises(ValueError, match="leading batch axis"):
         data.batches(np.float32(1.0), y, 2, shuffle=False)
+
+
+def test_batches_name_a_key_that_is_neither_a_prng_key_nor_a_seed():
+    # These failed inside NumPy or jax.random ("expected non-negative integer",
+    # "invalid PRNG key data"), naming neither batches nor the fix.
+    x, y = _xy(10)
+    with pytest.raises(ValueError, match="batches: an int key .* >= 0, got -1"):
+        data.batches(x, y, 2, key=-1)
+    for bad in (1.5, True, "0", jax.numpy.array(3)):
+        with pytest.raises(TypeError, match="batches: key must be a jax.random key"):
+            data.batches(x, y, 2, key=bad)
 
 
 # --------------------------------------------------------------------------

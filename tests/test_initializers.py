@@ -104,3 +104,36 @@ def test_split_gives_jax_keys_from_one_program(key):
                 a, b = jax.random.key_data(a), jax.random.key_data(b)
             _same(a, b)
     assert I._split_words._cache_size() == 1
+
+
+def test_conv_kernel_fans_follow_pytorch_definitions():
+    # A kernel (kh, kw, C, F) is PyTorch's (F, C, kh, kw): fan_in = C kh kw,
+    # fan_out = F kh kw. Uniform bounds are then torch's kaiming_uniform_
+    # (a=0) sqrt(6 / fan_in) and xavier_uniform_ sqrt(6 / (fan_in + fan_out)).
+    shape, fan_in, fan_out = (3, 3, 16, 32), 3 * 3 * 16, 3 * 3 * 32
+    assert I._compute_fans(shape) == (fan_in, fan_out)
+    for init, bound in [
+        (I.kaiming_uniform(), np.sqrt(6 / fan_in)),
+        (I.xavier_uniform(), np.sqrt(6 / (fan_in + fan_out))),
+        (I.lecun_uniform(), np.sqrt(3 / fan_in)),
+    ]:
+        w = np.abs(np.asarray(init(KEY, shape)))
+        assert 0.995 * bound < w.max() <= bound * (1 + 1e-6), init
+    # He normal: variance 2 / fan_in (JAX truncates at 2 std and rescales).
+    w = np.asarray(I.kaiming_normal()(KEY, shape))
+    assert abs(w.std() / np.sqrt(2 / fan_in) - 1) < 0.03
+    assert np.abs(w).max() <= 2 * np.sqrt(2 / fan_in) / I._TRUNCATED_NORMAL_STD
+
+
+def test_a_factory_dtype_is_the_default_of_its_calls_as_in_jax():
+    # normal(0.5, dtype=jnp.bfloat16)(key, shape) drew float32: the factory's
+    # dtype= was accepted and ignored, where JAX's own draws bfloat16.
+    jax_init = jax.nn.initializers
+    for ours, theirs in [
+        (I.normal(0.5, dtype=jnp.bfloat16), jax_init.normal(0.5, jnp.bfloat16)),
+        (I.he_uniform(dtype=jnp.float16), jax_init.he_uniform(dtype=jnp.float16)),
+    ]:
+        _same(ours(KEY, (3, 4)), theirs(KEY, (3, 4)))
+        # A dtype given to the call still wins.
+        assert ours(KEY, (3, 4), jnp.float32).dtype == jnp.float32
+    assert I.normal(0.5)(KEY, (3, 4)).dtype == jnp.float32

@@ -165,6 +165,54 @@ def test_layernorm_normalises_each_example():
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [L.BatchNorm, L.LayerNorm], ids=["batch", "layer"])
+def test_norm_statistics_of_float16_inputs_do_not_overflow(make):
+    """``(x - mean)**2`` in float16 overflowed to inf from ``|x - mean| = 256``:
+    every output collapsed to ``b`` (0) and BatchNorm's running variance
+    turned inf. The statistics are now float32; the dtypes stay float16."""
+    layer = make()
+    _, params, state = layer.init(KEY, (2,))
+    params = jax.tree.map(lambda p: p.astype(jnp.float16), params)
+    x64 = np.array([[0.0, -300.0], [900.0, 300.0]])  # per column and per row
+    x = jnp.asarray(x64, jnp.float16)
+    axis = 0 if make is L.BatchNorm else -1
+    mean, var = x64.mean(axis, keepdims=True), x64.var(axis, keepdims=True)
+    y, new_state, cache = layer.forward(params, state, x, train=True)
+    assert y.dtype == jnp.float16
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), rtol=2e-3)
+    if make is L.BatchNorm:
+        assert new_state["var"].dtype == jnp.float32
+        np.testing.assert_allclose(new_state["var"], 0.9 + 0.1 * var[0], rtol=1e-6)
+    dy = jnp.asarray([[1.0, -2.0], [0.5, 3.0]], jnp.float16)
+    dparams, dx = layer.backward(params, cache, dy)
+    params32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    _, vjp = jax.vjp(
+        lambda p, x: layer.apply(p, state, x, train=True)[0],
+        params32,
+        jnp.asarray(x64, jnp.float32),
+    )
+    want_dparams, want_dx = vjp(dy.astype(jnp.float32))
+    assert dx.dtype == jnp.float16 and dparams["w"].dtype == jnp.float16
+    np.testing.assert_allclose(dx, want_dx, rtol=2e-3, atol=1e-5)
+    for k in ("w", "b"):
+        np.testing.assert_allclose(dparams[k], want_dparams[k], rtol=2e-3, atol=1e-3)
+
+
+def test_batchnorm_running_statistics_keep_the_state_dtype():
+    """With x64 on, float64 batches turned the float32 running statistics
+    into float64: ``fit``'s compiled epoch loop then failed with a bare
+    'carry input and carry output must have equal types'."""
+    layer = L.BatchNorm()
+    _, params, state = layer.init(KEY, (2,))
+    with jax.enable_x64(True):
+        x = jnp.asarray([[1.0, 2.0], [3.0, 6.0]], jnp.float64)
+        y, new = layer.apply(params, state, x, train=True)
+        assert y.dtype == jnp.float64
+        assert {a.dtype for a in jax.tree.leaves(new)} == {np.dtype(np.float32)}
+        np.testing.assert_allclose(new["mean"], [0.2, 0.4], rtol=1e-6)
+        np.testing.assert_allclose(new["var"], [1.0, 1.3], rtol=1e-6)
+
+
 def test_dropout_drops_rate_and_scales_the_rest():
     rate = 0.25
     layer = L.Dropout(rate)
@@ -180,6 +228,24 @@ def test_dropout_drops_rate_and_scales_the_rest():
 def test_dropout_without_key_in_training_names_the_fix():
     with pytest.raises(MissingKeyError, match=r"Dropout\(0.5\).*key=jax.random.key"):
         L.Dropout(0.5).apply((), (), jnp.ones((2, 3)), train=True)
+
+
+def test_train_flag_must_be_a_bool_known_at_trace_time():
+    """``train="eval"`` (truthy) silently trained: batch statistics and
+    dropout; a jit argument ``train`` was a bare TracerBoolConversionError."""
+    model = L.serial(L.BatchNorm(), L.Dropout(0.5))
+    _, params, state = model.init(KEY, (2,))
+    x = jnp.asarray([[1.0, 2.0], [3.0, 5.0]])
+    for bad in ("eval", None, 1):
+        with pytest.raises(TypeError, match=r"BatchNorm\(\): train must be True or"):
+            model.apply(params, state, x, key=KEY, train=bad)
+        with pytest.raises(TypeError, match=r"Dropout\(0.5\): train must be True or"):
+            L.Dropout(0.5).apply((), (), x, key=KEY, train=bad)
+    with pytest.raises(TypeError, match=r"static_argnames='train'"):
+        jax.jit(lambda t: model.apply(params, state, x, key=KEY, train=t))(True)
+    y, new = model.apply(params, state, x, train=np.bool_(False))  # NumPy bools do
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-6)
+    assert new[0] is state[0]
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, "0.5"])

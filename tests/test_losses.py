@@ -5,6 +5,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fnn import losses as L
@@ -528,3 +529,113 @@ def test_penalty_options_are_checked():
     assert repr(L.penalty(l2=1e-4, weights_only=True)) == (
         "fnn.losses.penalty(l1=0, l2=0.0001, weights_only=True)"
     )
+
+
+# Dtypes the losses once got wrong: float16 (1 / n overflowed past 65504
+# elements, 1 - BCE_EPS rounded to 1, a sum over a batch overflowed), and
+# integer predictions (float targets were truncated to them).
+
+BIG = 70_000  # more elements than float16 can count (its largest value: 65504)
+
+
+def _big_inputs(loss):
+    """``(pred, target)`` in float32 with more than 65504 elements (or rows)."""
+    rows = np.arange(BIG)
+    if loss.decision == "argmax":
+        z = np.where(rows[:, None] % 3 == np.arange(3), 2.0, -1.0)
+        pred = np.exp(_log_softmax(z)) if loss.expects == "probabilities" else z
+        return pred.astype(np.float32), (rows + 1) % 3  # every row wrong, ~3 each
+    if loss.decision == "sign":
+        return np.full(BIG, 0.25, np.float32), np.ones(BIG, np.float32)
+    if loss.expects == "probabilities":
+        return np.full(BIG, 0.25, np.float32), (rows % 2).astype(np.float32)
+    return np.full(BIG, 1.5, np.float32), (rows % 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("loss", L.LOSSES, ids=repr)
+def test_float16_predictions_give_float32_values_and_gradients(loss):
+    pred, target = _big_inputs(loss)
+    want, want_grad = loss(pred, target), loss.grad(pred, target)
+    value, grad = (
+        loss(pred.astype(np.float16), target),
+        loss.grad(pred.astype(np.float16), target),
+    )
+    assert value.dtype == grad.dtype == jnp.float16
+    # Was: inf (a float16 sum), or a gradient of exactly 0 (1 / 70000 = 1 / inf).
+    np.testing.assert_allclose(value, want, rtol=2e-3)
+    # float16 gradients of ~1e-5 are subnormal: spaced 6e-8 apart.
+    np.testing.assert_allclose(grad, want_grad, rtol=2e-3, atol=1e-7)
+    assert np.all(grad != 0) if loss.decision != "argmax" else np.any(grad != 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["f16", "bf16"])
+def test_binary_cross_entropy_is_finite_at_0_and_1_in_low_precision(dtype):
+    p, t = jnp.array([1.0, 0.0, 0.5], dtype), jnp.array([0.0, 1.0, 1.0], dtype)
+    value, grad = L.binary_cross_entropy(p, t), L.binary_cross_entropy.grad(p, t)
+    # Clipped in float32: -log(1 - 0.99999988) = 15.94, -log(1e-7) = 16.12.
+    want = L.binary_cross_entropy(p.astype(jnp.float32), t.astype(jnp.float32))
+    assert np.isfinite(float(value))  # was inf: 1 - 1e-7 rounds to 1 in float16
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-2)
+    np.testing.assert_allclose(grad.astype(float), [0, 0, -2 / 3], rtol=1e-2)
+
+
+def test_integer_predictions_do_not_truncate_float_targets():
+    pred, target = jnp.array([1, 2]), jnp.array([0.5, 1.5])
+    # Was 1.0 and 1.0: the targets became the ints [0, 1].
+    assert L.mse(pred, target) == 0.25 and L.mse(pred, target).dtype == jnp.float32
+    assert L.mae(pred, target) == 0.5
+    np.testing.assert_array_equal(L.mse.grad(pred, target), [0.5, 0.5])
+    assert (
+        L.mse(jnp.array([True, False]), target) == (0.5**2 + 1.5**2) / 2
+    )  # was an error
+
+
+def test_softmax_cross_entropy_ignores_a_class_masked_with_minus_inf():
+    z = jnp.array([[2.0, -jnp.inf, 0.0], [1.0, 0.0, -jnp.inf]])
+    labels = jnp.array([0, 1])
+    want = optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+    for t in (labels, jax.nn.one_hot(labels, 3)):
+        value, grad, autodiff = _value_grad_autodiff(L.softmax_cross_entropy)(z, t)
+        np.testing.assert_allclose(value, want, rtol=1e-6)  # was NaN: 0 * -inf
+        np.testing.assert_allclose(grad, autodiff, rtol=1e-6)
+        np.testing.assert_array_equal(grad[:, 1:][[0, 1], [0, 1]], 0.0)
+
+
+def test_penalty_sums_float16_weights_without_overflow():
+    params = {"w": jnp.full((1000, 1000), 0.25, jnp.float16), "b": jnp.ones(3)}
+    # 0.5 * 0.0625 * 1e6 + 1.5: the float16 sum (62500 + ...) overflowed past 65504.
+    np.testing.assert_allclose(L.l2_penalty(params), 31251.5)
+    np.testing.assert_allclose(L.penalty(l1=1.0, l2=2.0)(params), 250003 + 62503)
+    np.testing.assert_allclose(L.l1_penalty(params), 250003)
+
+
+def test_penalty_refuses_bool_and_complex_strengths():
+    for value in (np.bool_(True), np.array(True), np.complex64(1j)):
+        with pytest.raises(TypeError, match="penalty: l2 must be a real number"):
+            L.penalty(l2=value)
+    assert L.penalty(l1=np.float32(0.5), l2=np.int64(1)).name == (
+        "penalty(l1=0.5, l2=1)"
+    )
+
+
+def test_a_nan_does_not_hide_an_out_of_range_value():
+    t = jnp.array([0.0, 1.0, 1.0])
+    # Was accepted: NumPy's min and max of [nan, 0.2, 1.5] are both nan.
+    with pytest.raises(ValueError, match=r"got values from 0\.2 to 1\.5; for logits"):
+        L.binary_cross_entropy(jnp.array([np.nan, 0.2, 1.5]), t)
+    with pytest.raises(ValueError, match="binary targets must lie in"):
+        L.accuracy(jnp.array([0.1, 0.2]), [np.nan, 2.0], loss=L.binary_cross_entropy)
+    assert np.isnan(L.binary_cross_entropy(jnp.array([np.nan, 0.2, 0.5]), t))
+
+
+def test_a_nan_probability_gives_a_nan_loss_and_gradient_like_jax_grad():
+    p, labels = jnp.array([[np.nan, 0.5, 0.5], [0.2, 0.3, 0.5]]), jnp.array([0, 2])
+    value, grad, autodiff = _value_grad_autodiff(L.cross_entropy)(p, labels)
+    assert np.isnan(value)  # was 8.4: the NaN clamped to 1e-7 cost -log(1e-7)
+    np.testing.assert_array_equal(grad, autodiff)
+    assert np.isnan(grad[0, 0]) and np.isfinite(grad[1]).all()
+    q, t = jnp.array([np.nan, 0.3]), jnp.array([1.0, 0.0])
+    value, grad, autodiff = _value_grad_autodiff(L.binary_cross_entropy)(q, t)
+    assert np.isnan(value)
+    np.testing.assert_array_equal(grad, autodiff)  # grad was [0, 0.71]
+    np.testing.assert_allclose(grad[1], 1 / 0.7 / 2, rtol=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from fnn import backprop, losses, optim, train
+from fnn import backprop, loss_scaling, losses, optim, train
 from fnn import layers as L
 
 N = 64
@@ -156,3 +156,73 @@ def test_dynamic_loss_scale_rejects_bad_options_and_a_nested_place():
     step = train.make_step(model, losses.mse, nested)
     with pytest.raises(ValueError, match="outermost"):
         step(params, state, nested.init(params), x, y, None)
+    # Wrapped twice, the loss was multiplied by the outer scale only and the
+    # gradients divided by both: every step 2**15 times too small.
+    twice = optim.dynamic_loss_scale(optim.dynamic_loss_scale(optim.sgd(0.1)))
+    with pytest.raises(ValueError, match="wraps another dynamic_loss_scale"):
+        optim.gradient_step(None, twice)(params, state, twice.init(params), x, y, None)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_gradients_are_unscaled_in_float32(dtype):
+    # Half-precision master weights give half-precision gradients. The scale
+    # was cast to their dtype: 2**16 is inf in float16 (g / inf = 0, a finite
+    # zero step, and the scale kept growing), and 3000 rounds to 3008 in
+    # bfloat16 (every step 0.27% short).
+    params = {"w": jnp.ones(3, dtype)}
+    grads = jnp.array([0.3, -0.7, 2.0**-10], jnp.float32)
+    for scale in (2.0**16, 3000.0):
+        opt = optim.dynamic_loss_scale(optax.sgd(1.0), initial_scale=scale)
+        scaled = {"w": (grads * scale).astype(dtype)}
+        updates, _ = opt.update(scaled, opt.init(params), params)
+        want = (-(scaled["w"].astype(jnp.float32) / scale)).astype(dtype)
+        assert updates["w"].dtype == jnp.dtype(dtype)
+        np.testing.assert_array_equal(updates["w"], want)
+        assert np.all(np.asarray(updates["w"], np.float32) != 0)
+
+
+def test_the_scale_stops_growing_before_it_breaks():
+    # Past 2**126 the float32 division flushed the gradients to 0 on CPU,
+    # and one doubling more the scale was inf: every step overflowed and was
+    # skipped, with the scale stuck at inf / 2 = inf, for ever.
+    opt = optim.dynamic_loss_scale(
+        optax.sgd(1.0), initial_scale=2.0**125, growth_interval=1
+    )
+    params = {"w": jnp.ones(4)}
+    state = opt.init(params)
+    grads = jnp.array([1e-3, -2e-3, 3e-3, 0.5])
+    for _ in range(3):
+        scaled = {"w": grads * state.scale}
+        updates, state = opt.update(scaled, state, params)
+        np.testing.assert_allclose(updates["w"], -grads, rtol=1e-6)
+    assert float(state.scale) == loss_scaling.MAX_SCALE == 2.0**126
+    assert int(state.inner.total_notfinite) == 0
+
+
+def test_a_skipped_step_leaves_scale_below_one_and_optimizer_state_alone():
+    # An initial scale below 1 "shrank" to 1 on an overflow: it grew.
+    opt = optim.dynamic_loss_scale(optim.adam(0.1), initial_scale=0.5)
+    params = {"w": jnp.ones(2)}
+    state = opt.init(params)
+    _, state = opt.update({"w": jnp.array([0.5, -0.5])}, state, params)
+    inner_before = jax.tree.map(np.asarray, state.inner.inner_state)
+    updates, state = opt.update({"w": jnp.array([jnp.nan, 1.0])}, state, params)
+    assert float(state.scale) == 0.5
+    np.testing.assert_array_equal(updates["w"], [0.0, 0.0])
+    # Adam's count and moments as they were: the skipped step never happened.
+    jax.tree.map(np.testing.assert_array_equal, state.inner.inner_state, inner_before)
+
+
+@pytest.mark.parametrize(
+    "options, error, fragment",
+    [
+        # inf was accepted: loss * inf overflowed every step, none ever trained.
+        ({"initial_scale": float("inf")}, ValueError, "0 < initial_scale <= 2"),
+        ({"factor": float("inf")}, ValueError, "finite factor > 1"),
+        ({"growth_interval": 2.5}, TypeError, "growth_interval must be an int"),
+        ({"initial_scale": "8"}, TypeError, "initial_scale must be a number"),
+    ],
+)
+def test_dynamic_loss_scale_checks_its_options_when_built(options, error, fragment):
+    with pytest.raises(error, match=f"dynamic_loss_scale: .*{fragment}"):
+        optim.dynamic_loss_scale(optim.sgd(0.1), **options)

@@ -203,6 +203,8 @@ def test_gradient_step_passes_the_loss_to_optimizers_with_extra_args():
         ),
         (lambda: optim.adam(b2=1.5), ValueError, "adam: b2"),
         (lambda: optim.adam(True), TypeError, "adam: learning_rate"),
+        # A third number was taken as nesterov=True: Nesterov, silently.
+        (lambda: optim.momentum(0.1, 0.9, 0.5), TypeError, "nesterov must be a bool"),
     ],
 )
 def test_optimizer_options_are_checked_when_built(make, error, fragment):
@@ -210,3 +212,107 @@ def test_optimizer_options_are_checked_when_built(make, error, fragment):
         make()
     # A schedule and NumPy scalars are fine.
     optim.adam(optax.linear_schedule(1e-2, 0.0, 10), b1=np.float32(0.9))
+
+
+def _run_steps(opt, params, grads, new_learning_rate_at=None):
+    """``params`` after one jitted update per gradient in ``grads``."""
+    state, update = opt.init(params), jax.jit(opt.update)
+    for i, g in enumerate(grads):
+        if i == new_learning_rate_at:
+            state.hyperparams["learning_rate"] = jnp.asarray(1e-3)
+        u, state = update(g, state, params)
+        params = optax.apply_updates(params, u)
+    return params
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, options",
+    [
+        (optim.adam, optax.adam, {"b1": 0.8}),
+        (optim.momentum, optax.sgd, None),
+    ],
+    ids=["adam", "momentum"],
+)
+def test_inject_hyperparams_changes_the_rate_as_it_does_for_optax(
+    ours, theirs, options
+):
+    # optax.inject_hyperparams hands every option over as a 0-d array: adam's
+    # b1 and momentum's beta were refused ("must be a real number").
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)} for _ in range(6)]
+    if options is None:  # momentum(lr, beta) against optax.sgd(lr, momentum=beta)
+        mine = optax.inject_hyperparams(ours)(learning_rate=1e-2, beta=0.8)
+        reference = optax.inject_hyperparams(theirs)(learning_rate=1e-2, momentum=0.8)
+    else:
+        mine = optax.inject_hyperparams(ours)(learning_rate=1e-2, **options)
+        reference = optax.inject_hyperparams(theirs)(learning_rate=1e-2, **options)
+    got = _run_steps(mine, params, grads, new_learning_rate_at=3)
+    want = _run_steps(reference, params, grads, new_learning_rate_at=3)
+    np.testing.assert_array_equal(got["w"], want["w"])
+
+
+def test_array_learning_rates_are_checked_like_floats():
+    # A jax.Array learning rate went through unchecked: -0.1 climbed the
+    # loss, and a (2,) array broadcast over the leaf's last axis.
+    with pytest.raises(ValueError, match="sgd: learning_rate must be finite and >= 0"):
+        optim.sgd(jnp.array(-0.1))
+    with pytest.raises(ValueError, match="adam: learning_rate must be finite"):
+        optim.adam(jnp.array(jnp.nan))
+    with pytest.raises(TypeError, match="0-d real array, got an array of float32"):
+        optim.momentum(jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="adam: b1 must be finite and in"):
+        optim.adam(1e-3, b1=np.array(1.0))
+    params, grads = {"w": jnp.ones(2)}, {"w": jnp.array([0.5, 0.25])}
+    opt = optim.sgd(np.array(0.1))  # a 0-d NumPy array was refused
+    np.testing.assert_allclose(
+        opt.update(grads, opt.init(params))[0]["w"], [-0.05, -0.025]
+    )
+
+
+def test_check_optimizer_names_the_call_for_a_factory_or_an_optax_name():
+    with pytest.raises(TypeError, match=r"a function: call it, adam\(\.\.\.\)"):
+        optim.check_optimizer("fit", optim.adam)
+    with pytest.raises(TypeError, match=r"for 'rmsprop' write optax.rmsprop\("):
+        optim.check_optimizer("fit", "rmsprop")
+
+
+# fnn.early_stopping: the policy fit's ``patience`` runs.
+
+
+@pytest.mark.parametrize(
+    "options, error, fragment",
+    [
+        # min_delta=-1 counted 3.0 -> 4.5 as improvements: it never stopped.
+        ({"min_delta": -1.0}, ValueError, "min_delta must be finite and >= 0"),
+        (
+            {"min_delta": float("nan")},
+            ValueError,
+            "min_delta must be finite and >= 0, got nan",
+        ),
+        ({"patience": -1}, ValueError, "patience must be >= 0, got -1"),
+        ({"patience": 1.5}, TypeError, "patience must be an int, got 1.5"),
+        ({"patience": True}, TypeError, "patience must be an int, got True"),
+    ],
+)
+def test_early_stopping_refuses_options_that_change_its_meaning(
+    options, error, fragment
+):
+    from fnn.early_stopping import EarlyStopping
+
+    with pytest.raises(error, match=f"EarlyStopping: {fragment}"):
+        EarlyStopping(**{"patience": 2, **options})
+
+
+def test_early_stopping_message_counts_the_epochs_without_improvement():
+    from fnn.early_stopping import EarlyStopping
+
+    # patience=0 stops at the first epoch without improvement, as 1 does; the
+    # message said "has not improved for 0 epochs".
+    s = EarlyStopping(patience=0).update(2.0, 1).update(2.0, 2)  # a tie: no gain
+    assert s.should_stop and s.best_epoch == 1
+    assert "has not improved for 1 epoch;" in s.message(2)
+    s = EarlyStopping(patience=3)
+    for epoch, metric in enumerate([2.0, 2.5, 2.0, 3.0], 1):
+        s = s.update(metric, epoch)
+    assert s.should_stop and "has not improved for 3 epochs;" in s.message(4)

@@ -852,3 +852,15 @@ def test_fit_streams_from_memory_mapped_files_as_from_memory(tmp_path):
     for a, b in zip(jax.tree.leaves(files[:3]), jax.tree.leaves(memory[:3])):
         np.testing.assert_array_equal(a, b)
     assert files.history["train_loss"][-1] < files.history["train_loss"][0]
+
+
+def test_a_nan_target_does_not_hide_an_out_of_range_one():
+    # NumPy's min and max of [nan, 2] are nan, so 2 used to pass the check.
+    model = L.serial(L.Dense(1))
+    _, params, state = model.init(KEY, (2,))
+    x, y = np.ones((4, 2), np.float32), np.array([[np.nan], [2.0], [0.0], [1.0]])
+    with pytest.raises(
+        ValueError, match=r"targets in \[0, 1\], got values from 0.0 to 2.0"
+    ):
+        train.fit(model, losses.sigmoid_binary_cross_entropy, optim.sgd(0.1), params,
+                  state, (x, y), key=KEY, epochs=1, batch_size=4)  # fmt: skip
