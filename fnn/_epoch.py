@@ -53,7 +53,7 @@ def shuffled_batches(seed, epoch: int, n: int, batch_size: int, num_steps: int):
     cost 3.1 ms for 6,400 examples and 38 ms for 60,000 (NumPy: 0.05 and
     0.6 ms), half of an epoch on small models. The data stays on the device;
     only the indices travel. The last ``n % batch_size`` of the permutation
-    sit out this epoch (different ones each epoch).
+    sit out this epoch (drawn afresh each epoch).
     """
     perm = np.random.default_rng([*seed, epoch]).permutation(n)
     kept = perm[: num_steps * batch_size]
@@ -73,6 +73,56 @@ def _batch(x, y, batches, keys, i, augment):
 def copy(tree):
     """A copy of ``tree`` that owns its buffers, in one dispatch."""
     return jax.tree.map(jnp.copy, tree)
+
+
+def _unshared(trees):
+    """``trees`` with each array that appears again in them replaced, from
+    its second time on, by a copy: XLA cannot donate one buffer twice."""
+    seen = set()
+
+    def own(a):
+        if isinstance(a, jax.Array) and id(a) in seen:
+            return jnp.copy(a)
+        seen.add(id(a))
+        return a
+
+    return jax.tree.map(own, trees)
+
+
+class DonatingStep:
+    """``fnn.train.make_step``'s step: the jitted ``step(params, state,
+    opt_state, x, y, key)`` donating its first three arguments, whose other
+    attributes (``lower``, ``trace``...) it passes on.
+
+    ``optax.contrib.prodigy`` (``params0``) and ``mechanize`` (``x0``) keep
+    the very arrays of ``params`` in the state ``init`` returns, and XLA
+    refuses to donate one buffer twice (a bare runtime error). So an
+    ``opt_state`` other than the one this step last returned is checked
+    first, and its arrays shared with ``params`` are copied; should XLA
+    still refuse (arrays sharing a buffer), the call is run again on copies.
+    """
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self.returned = None  # id() of the opt_state returned last
+
+    def __call__(self, params, state, opt_state, x, y, key):
+        args = (params, state, opt_state)
+        if id(opt_state) != self.returned:  # e.g. fresh from init: ~0.1 ms
+            args = _unshared(args)
+        try:
+            out = self.jitted(*args, x, y, key)
+        except (jax.errors.JaxRuntimeError, ValueError) as e:  # jit's fast path
+            if "donate the same buffer twice" not in str(e):  # raises ValueError
+                raise
+            out = self.jitted(*copy(args), x, y, key)
+        self.returned = id(out[2])
+        return out
+
+    def __getattr__(self, name):
+        if name == "jitted":  # not set yet (copy.copy): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.jitted, name)
 
 
 def scanned(step: Callable, augment=None) -> Callable:
@@ -108,7 +158,9 @@ def looped(step: Callable, augment=None) -> Callable:
     def one_step(carry, x, y, batches, keys, i):
         xb, yb, key = _batch(x, y, batches, keys, i, augment)
         *carry, value = step(*carry, xb, yb, key)
-        return tuple(carry), value
+        # As the scan stores it: a loss in bfloat16 would else be averaged
+        # in bfloat16 (10048 for the scan's 10040).
+        return tuple(carry), value.astype(jnp.result_type(float))
 
     one_step = jax.jit(one_step, donate_argnums=0)
 
@@ -278,6 +330,11 @@ class InMemory:
         n, b, steps = len(self.x), self.batch_size, self.num_steps
         batches = shuffled_batches(self.seed, epoch, n, b, steps)
         return self.x, self.y, jnp.asarray(batches), step_keys(self.key, epoch, steps)
+
+    @staticmethod
+    def mean_loss(losses: np.ndarray) -> float:
+        """An epoch's training loss: every step has ``batch_size`` examples."""
+        return float(losses.mean())
 
     def run_epoch(self, carry, epoch, display):
         """``(carry, losses)`` after epoch ``epoch``, run from ``carry``."""

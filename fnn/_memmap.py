@@ -71,6 +71,13 @@ def _check_int(value, name: str, low: int) -> int:
     return int(value)
 
 
+def _check_bool(value, name: str) -> bool:
+    # A truthy "no" or 0.0 would otherwise pick an option silently.
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"memmap_batches: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def memmap_batches(
     x_path: str | os.PathLike,
     y_path: str | os.PathLike,
@@ -110,7 +117,8 @@ def memmap_batches(
       ValueError: a file is not ``.npy`` or raw IDX (or is compressed), the
         files differ in length or have no leading axis, or an argument is out
         of range.
-      TypeError: ``batch_size``, ``seed`` or ``epoch`` is not an int.
+      TypeError: ``batch_size``, ``seed`` or ``epoch`` is not an int, or
+        ``shuffle`` or ``drop_remainder`` not a bool.
       OSError: a file is not a regular file, or cannot be opened.
     """
     x, y = open_array(x_path), open_array(y_path)
@@ -126,6 +134,8 @@ def memmap_batches(
             f"holds shape {x.shape}, {os.fspath(y_path)!r} holds {y.shape}"
         )
     batch_size = _check_int(batch_size, "batch_size", 1)
+    shuffle = _check_bool(shuffle, "shuffle")
+    drop_remainder = _check_bool(drop_remainder, "drop_remainder")
     n = len(x)
     if shuffle:
         entropy = [_check_int(seed, "seed", 0), _check_int(epoch, "epoch", 0)]

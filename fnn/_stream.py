@@ -71,7 +71,7 @@ def _one_step(step, augment):
         if augment is not None:
             xb = augment(jax.random.fold_in(key, _AUGMENT), xb)
         *carry, value = step(*carry, xb, yb, key)
-        return tuple(carry), value
+        return tuple(carry), value.astype(jnp.result_type(float))  # as a chunk's
 
     return jax.jit(one, donate_argnums=0)
 
@@ -158,6 +158,7 @@ class Stream:
         self.num_steps = len(source) if sized else None
         self.segments: list[Segment] = []
         self.probe = None
+        self.sizes: list[int] = []  # the batch sizes of the epoch running
 
     def _batches(self, epoch):
         batches = self.source(epoch) if callable(self.source) else self.source
@@ -166,11 +167,21 @@ class Stream:
             x = x if isinstance(x, jax.Array) else np.asarray(x)
             if self.probe is None:
                 self.probe = (x, y)
+            self.sizes.append(len(x))
             yield x, y
+
+    def mean_loss(self, losses: np.ndarray) -> float:
+        """An epoch's training loss: the mean over its examples, each step's
+        loss (a mean over its batch) weighted by its batch size."""
+        sizes = np.asarray(self.sizes[: len(losses)])
+        if np.all(sizes == sizes[0]):  # as arrays do, to the bit
+            return float(losses.mean())
+        return float(np.average(losses.astype(np.float64), weights=sizes))
 
     def run_epoch(self, carry, epoch, display):
         """``(carry, losses)`` after one pass over the epoch's batches."""
         run = self._run_chunks if self.scan else self._run_steps
+        self.sizes = []
         carry, parts = run(carry, epoch, display)
         if not parts:
             raise ValueError(

@@ -64,13 +64,43 @@ def epochs(epochs_, initial_epoch) -> tuple[int, int]:
     return epochs_, initial_epoch
 
 
+def flag(where: str, what: str, value, *, none: bool = False) -> bool | None:
+    """A switch (``scan``, ``verbose``...) as a ``bool``: ``"no"`` is not True.
+
+    The ints 0 and 1 pass as False and True (Keras' ``verbose=1`` habit);
+    any other number (``verbose=2``) would mean something fnn does not do.
+
+    Raises:
+      TypeError: for anything but ``True``, ``False`` (``np.bool_``, 0 and 1
+        too) and, where ``none``, ``None``.
+    """
+    if value is None and none:
+        return None
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if not isinstance(value, bool | np.bool_):
+        allowed = "True, False or None" if none else "True or False"
+        raise TypeError(f"{where}: {what} must be {allowed}, got {value!r}")
+    return bool(value)
+
+
+# jax.random.key takes seeds that fit in an int64.
+_SEEDS = (-(2**63), 2**63)
+
+
 def prng_key(key) -> jax.Array:
     """``key`` as a typed PRNG key: an int seed becomes ``jax.random.key(seed)``.
 
     Raises:
       TypeError: for anything that is neither a PRNG key nor an int.
+      ValueError: for an int seed outside ``[-2**63, 2**63)``.
     """
     if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        if not _SEEDS[0] <= int(key) < _SEEDS[1]:
+            raise ValueError(
+                f"fit: an int seed must be in [-2**63, 2**63), got {int(key)}; "
+                f"reduce it, e.g. seed % 2**63"
+            )
         return jax.random.key(int(key))
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
@@ -88,6 +118,61 @@ def prng_key(key) -> jax.Array:
     )
 
 
+def callable_or_none(what: str, value) -> None:
+    """Refuses ``augment=True``, which would fail inside a trace (TypeError)."""
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"fit: {what} must be a function or None, got {value!r} "
+            f"({type(value).__name__})"
+        )
+
+
+def opt_state(optimizer, params, state):
+    """``state`` (default ``optimizer.init(params)``) checked by tree structure
+    and leaf shapes against the optimizer's for ``params``, traced only: one
+    saved from another optimizer failed in optax with a bare message, one for
+    narrower layers broadcast and trained silently (ValueError)."""
+    if state is None:
+        return optimizer.init(params)
+    expected = jax.eval_shape(optimizer.init, params)
+    got, want = jax.tree.structure(state), jax.tree.structure(expected)
+    if got != want:
+        raise ValueError(
+            f"fit: opt_state does not fit this optimizer and these params (was it "
+            f"saved from another optimizer or model?): it is {got}, the optimizer's "
+            f"is {want}"
+        )
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    for path, b in zip(paths, jax.tree.leaves(expected), strict=True):
+        if np.shape(path[1]) != b.shape:
+            raise ValueError(
+                f"fit: opt_state{jax.tree_util.keystr(path[0])} has shape "
+                f"{np.shape(path[1])}, but this optimizer's state for these params has "
+                f"{b.shape}"
+            )
+    return state
+
+
+def _array(where: str, name: str, a, part: str):
+    """``a`` as an array of numbers (a JAX array stays one), or a clear error."""
+    if isinstance(a, jax.Array):
+        return a
+    try:
+        a = np.asarray(a)
+    except ValueError as e:  # NumPy refuses ragged nested lists
+        raise ValueError(
+            f"{where}: {name}'s {part} is not a rectangular array (rows of "
+            f"different lengths?): {e}"
+        ) from e
+    if not (a.dtype == np.bool_ or jnp.issubdtype(a.dtype, jnp.number)):  # bfloat16
+        raise TypeError(
+            f"{where}: {name}'s {part} must hold numbers, got dtype {a.dtype}; "
+            f"encode labels as class indices, e.g. with np.unique(y, "
+            f"return_inverse=True)"
+        )
+    return a
+
+
 def arrays(where: str, data, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``data = (x, y)`` as two arrays of equal, non-zero length.
 
@@ -95,15 +180,17 @@ def arrays(where: str, data, name: str) -> tuple[np.ndarray, np.ndarray]:
     stays JAX: nothing moves to the device here).
 
     Raises:
-      TypeError: when ``data`` is not a pair.
-      ValueError: for mismatched lengths, scalars or no examples.
+      TypeError: when ``data`` is not a pair, or holds no numbers (strings,
+        objects).
+      ValueError: for mismatched lengths, scalars, ragged lists or no
+        examples.
     """
     if not isinstance(data, tuple | list) or len(data) != 2:
         raise TypeError(
             f"{where}: {name} must be a pair (x, y) of arrays, got "
             f"{type(data).__name__}"
         )
-    x, y = (a if isinstance(a, jax.Array) else np.asarray(a) for a in data)
+    x, y = (_array(where, name, a, part) for a, part in zip(data, "xy"))
     if x.ndim == 0 or y.ndim == 0:
         raise ValueError(
             f"{where}: {name} needs a leading example axis; got x of shape "
@@ -121,6 +208,23 @@ def output_shape(model: Layer, params, state, x) -> tuple[int, ...]:
     one = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
     pred = jax.eval_shape(lambda p, s, xb: model.apply(p, s, xb)[0], params, state, one)
     return tuple(pred.shape[1:])
+
+
+def loss_traces(model: Layer, loss, params, state, x, y) -> None:
+    """Traces ``loss`` on the model's predictions for ``x`` (no compute).
+
+    ``fit`` evaluates its validation data only after the first epoch; a
+    target shape the loss refuses (``(N, 1)`` class indices) is refused by
+    this trace before training, not an epoch later.
+    """
+
+    def like(a):
+        return jax.ShapeDtypeStruct(a.shape, jax.dtypes.canonicalize_dtype(a.dtype))
+
+    def value(p, s, xb, yb):
+        return loss(model.apply(p, s, xb)[0], yb)
+
+    jax.eval_shape(value, params, state, like(x), like(y))
 
 
 def targets(where: str, model: Layer, loss, pred_shape, y) -> None:
@@ -243,6 +347,19 @@ def is_arrays(data) -> bool:
     )
 
 
+def _not_a_stream(validation_data) -> None:
+    """Refuses validation batches: ``[(x0, y0), (x1, y1)]`` would otherwise
+    read as ``x = [x0, y0], y = [x1, y1]`` when the shapes allow it (an
+    autoencoder's, ``y0`` shaped like ``x0``), and evaluate the wrong data."""
+    if isinstance(validation_data, tuple | list) and len(validation_data) == 2:
+        if not is_arrays(validation_data):
+            raise TypeError(
+                "fit: validation_data must be (x, y) arrays, not (x, y) batches; "
+                "concatenate them first, e.g. (np.concatenate(xs), "
+                "np.concatenate(ys))"
+            )
+
+
 def sources(model, loss, params, state, train_data, validation_data, key,
              batch_size, step, scan, augment):  # fmt: skip
     """``fit``'s checked data: the training source (``fnn._epoch.InMemory``
@@ -255,10 +372,12 @@ def sources(model, loss, params, state, train_data, validation_data, key,
     """
     validation = None
     if validation_data is not None:
+        _not_a_stream(validation_data)
         vx, vy = arrays("fit", validation_data, "validation_data")
         pred_shape = output_shape(model, params, state, vx)
         vy = binary_column(loss, pred_shape, vy)
         targets("fit", model, loss, pred_shape, vy)
+        loss_traces(model, loss, params, state, vx, vy)
         validation = (jnp.asarray(vx), jnp.asarray(vy), 1024, pred_shape)
     if not is_arrays(train_data):
         if not (callable(train_data) or hasattr(train_data, "__iter__")):

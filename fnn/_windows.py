@@ -38,7 +38,8 @@ LAYOUT = {1: "L", 2: "H, W"}
 # Options, checked when a layer is built
 
 
-def _is_sequence(value):
+def is_sequence(value):
+    """A tuple, list or 1-D NumPy array: one entry per spatial axis."""
     return isinstance(value, (tuple, list)) or (
         isinstance(value, np.ndarray) and value.ndim == 1
     )
@@ -46,7 +47,7 @@ def _is_sequence(value):
 
 def window_tuple(name, what, value):
     """An int (1-D) or a tuple of 1 or 2 positive ints; fixes the rank."""
-    if _is_sequence(value):
+    if is_sequence(value):
         value = tuple(value)
         if len(value) not in SPATIAL:
             raise ValueError(
@@ -60,7 +61,7 @@ def window_tuple(name, what, value):
 
 def strides_tuple(name, value, rank, what="strides"):
     """An int (the same stride on every axis) or a tuple of ``rank`` ints."""
-    if _is_sequence(value):
+    if is_sequence(value):
         value = tuple(value)
         if len(value) != rank:
             raise ValueError(

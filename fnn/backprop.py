@@ -194,7 +194,6 @@ def value_and_grad(
     if method == "autodiff":
 
         def objective(params, state, x, y, key, scale):
-            check_params(model, params, state, per_example_shape(x))
             low_params, x = lowered(params, x)
             pred, new_state = model.apply(low_params, state, x, key=key, train=train)
             value = scalar_loss("value_and_grad", loss, loss(to_loss_dtype(pred), y))
@@ -204,6 +203,8 @@ def value_and_grad(
         grad_fn = jax.grad(objective, has_aux=True)
 
         def autodiff(params, state, x, y, *, key=None, loss_scale=None):
+            # Before jax.grad, which refuses integer params with a bare error.
+            check_params(model, params, state, per_example_shape(x))
             scale = 1.0 if loss_scale is None else loss_scale
             grads, aux = grad_fn(params, state, x, y, key, scale)
             return aux, grads

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from fnn import _backend, initializers
 from fnn import _windows as win
+from fnn.options import check_bool
 from fnn.pool import AvgPool, MaxPool  # noqa: F401  (fnn.conv held them before)
 from fnn.protocol import (
     Layer,
@@ -39,6 +40,21 @@ def float_input(x, w):
     promote them (an integer or bool image meets a float kernel)."""
     dtype = jnp.result_type(x, w)
     return x.astype(dtype), w.astype(dtype)
+
+
+def common_backward(x, w, dy):
+    """The forward's cache ``x``, a kernel ``w`` and ``dy`` in their common
+    type, as the forward promoted ``x`` and ``w``: XLA's convolutions take
+    one dtype, and a kernel narrower than the input (bfloat16 weights on a
+    float32 image, float32 ones on float64) must not fail in backward."""
+    dtype = jnp.result_type(x, w, dy)
+    return x.astype(dtype), w.astype(dtype), dy.astype(dtype)
+
+
+def check_use_bias(kind, use_bias):
+    """``use_bias`` as a bool; as ``Dense``, anything but a bool or an int
+    is refused (``None`` or ``"no"`` would pass a truth test silently)."""
+    return check_bool(kind, "use_bias", use_bias)
 
 
 def conv_options(kind, features, kernel_size, strides, padding, init_options):
@@ -148,6 +164,7 @@ def Conv(
 
     Raises:
       ValueError: at construction, for an option out of its domain.
+      TypeError: at construction, for a ``use_bias`` that is no bool.
       ShapeError: at init or trace time, for an input of the wrong rank or
         channel count, or a VALID window larger than the input.
 
@@ -158,6 +175,7 @@ def Conv(
       >>> out_shape, params["w"].shape
       ((14, 14, 4), (3, 3, 1, 4))
     """
+    use_bias = check_use_bias("Conv", use_bias)
     shown = init_options(use_bias, kernel_init, bias_init)
     features, kernel, strides, padding, name = conv_options(
         "Conv", features, kernel_size, strides, padding, shown
@@ -184,11 +202,12 @@ def Conv(
         return y, state, x
 
     def backward(params, x, dy):
+        x, w, dy = common_backward(x, params["w"], dy)
         spatial, out = x.shape[1:-1], dy.shape[1:-1]
         pads = win.pads(spatial, kernel, strides, padding)
         dw = _backend.conv_weight_grad(x, dy, kernel, strides, pads)
         edges = win.transpose_pads(spatial, out, kernel, strides, pads)
-        dx = _backend.conv_transpose(dy, params["w"], strides, edges)
+        dx = _backend.conv_transpose(dy, w, strides, edges)
         dparams = {"w": dw}
         if use_bias:
             dparams["b"] = bias_grad(dy)

@@ -7,8 +7,13 @@ autoencoder, the generator of a DCGAN). For the same options, a
 ``ConvTranspose`` from ``n`` to ``m`` rows is the input gradient of the
 ``Conv`` from ``m`` to ``n`` rows: ``m = n * s`` (SAME) or
 ``(n - 1) * s + k`` (VALID), and ``(lo, hi)`` are the pads of that
-``Conv`` (:mod:`fnn._windows`). This is PyTorch's ``ConvTranspose`` (VALID
-is its ``padding=0``) and Keras's ``Conv2DTranspose``.
+``Conv`` (:mod:`fnn._windows`). This is Keras's ``Conv2DTranspose``. In
+PyTorch's ``ConvTranspose`` terms VALID is ``padding=0``, and SAME is
+``padding=lo, output_padding=max(s - k, 0)`` when ``k - s`` is even or
+negative (``k=4, s=2``: ``padding=1``); when ``k - s`` is odd and positive
+SAME crops the extra stamped row at the END (``hi = lo + 1``), where
+PyTorch's ``padding=lo + 1, output_padding=1`` crops it at the start: its
+output is this one shifted by a row.
 
 Shapes are channels last as in :mod:`fnn.conv`: per example ``(L, C)`` or
 ``(H, W, C)``, kernels ``(*kernel_size, C_in, features)``.
@@ -23,6 +28,8 @@ from fnn import _windows as win
 from fnn.conv import (
     DEFAULT_KERNEL_INIT,
     bias_grad,
+    check_use_bias,
+    common_backward,
     conv_options,
     conv_params,
     float_input,
@@ -97,6 +104,7 @@ def ConvTranspose(
 
     Raises:
       ValueError: at construction, for an option out of its domain.
+      TypeError: at construction, for a ``use_bias`` that is no bool.
       ShapeError: at init or trace time, for an input of the wrong rank or
         channel count.
 
@@ -109,6 +117,7 @@ def ConvTranspose(
       ...     jax.random.key(0), (5, 3))[0]
       (12, 8)
     """
+    use_bias = check_use_bias("ConvTranspose", use_bias)
     shown = init_options(use_bias, kernel_init, bias_init)
     features, kernel, strides, padding, name = conv_options(
         "ConvTranspose", features, kernel_size, strides, padding, shown
@@ -136,8 +145,9 @@ def ConvTranspose(
         return y, state, x
 
     def backward(params, x, dy):
+        x, w, dy = common_backward(x, params["w"], dy)
         _, pads, _ = _geometry(x.shape[1:-1], kernel, strides, padding)
-        w_t = jnp.swapaxes(params["w"], -1, -2)  # (*kernel, features, C)
+        w_t = jnp.swapaxes(w, -1, -2)  # (*kernel, features, C)
         dx = _backend.conv(dy, w_t, strides, pads)
         dw_t = _backend.conv_weight_grad(dy, x, kernel, strides, pads)
         dparams = {"w": jnp.swapaxes(dw_t, -1, -2)}

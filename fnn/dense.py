@@ -12,9 +12,9 @@ from __future__ import annotations
 import numbers
 
 import jax.numpy as jnp
-import numpy as np
 
 from fnn import initializers
+from fnn.options import check_bool
 from fnn.protocol import (
     Layer,
     ShapeError,
@@ -86,9 +86,7 @@ def Dense(
       ((3,), (4, 3))
     """
     features = check_positive_int("Dense", "features", features)
-    if not isinstance(use_bias, (bool, np.bool_, numbers.Integral)):
-        raise TypeError(f"Dense: use_bias must be True or False, got {use_bias!r}")
-    use_bias = bool(use_bias)
+    use_bias = check_bool("Dense", "use_bias", use_bias)
     name = layer_name(
         "Dense",
         (features,),

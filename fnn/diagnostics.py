@@ -28,7 +28,9 @@ import optax
 from fnn import activation_layers
 from fnn.protocol import Layer
 
-#: A unit is saturated where the activation's slope is below ~1% of its peak.
+#: A unit is saturated outside these outputs, where the activation's slope is
+#: below 4% (sigmoid: 4 s (1 - s) at s = 0.01) or 2% (tanh: 1 - 0.99**2) of
+#: its peak.
 SATURATION = {"Sigmoid": (0.01, 0.99), "Tanh": (-0.99, 0.99)}
 #: Default thresholds of :func:`gradient_flags` on a layer's gradient norm.
 VANISHING, EXPLODING = 1e-7, 1e3
@@ -93,8 +95,20 @@ def grad_norms(grads) -> dict[str, jax.Array]:
       >>> grads = ({"w": jnp.array([3.0, 4.0])}, (), {"w": jnp.ones(4)})
       >>> {k: float(v) for k, v in diagnostics.grad_norms(grads).items()}
       {'[0]': 5.0, '[2]': 2.0}
+
+    Norms of float16 or bfloat16 gradients are computed, and returned, in
+    float32.
     """
-    return {key: optax.tree.norm(g) for key, g in _entries(grads)}
+    return {key: optax.tree.norm(at_least_float32(g)) for key, g in _entries(grads)}
+
+
+def at_least_float32(tree):
+    """``tree`` with float16/bfloat16 leaves in float32: their sum of squares
+    overflows float16 (max 65504) from a norm of 256 on, reading as inf."""
+    return jax.tree.map(
+        lambda g: jnp.asarray(g, jnp.promote_types(jnp.result_type(g), jnp.float32)),
+        tree,
+    )
 
 
 def update_ratios(updates, params) -> dict[str, jax.Array]:
@@ -191,8 +205,8 @@ def activation_health(
       so no gradient reaches the weights feeding it, and it stays dead;
     - a sigmoid unit is *saturated* when its output is outside
       ``[0.01, 0.99]`` everywhere, a tanh unit outside ``[-0.99, 0.99]``:
-      there the slope ``s (1 - s)`` (or ``1 - tanh**2``) is below 1% of its
-      peak and the unit learns a hundred times slower.
+      there the slope ``s (1 - s)`` is below 4% of its peak (``1 - tanh**2``
+      below 2%), and the unit learns 25 (50) times slower, or slower still.
 
     Args:
       model: a ``serial`` model (nested chains are walked; other layers and

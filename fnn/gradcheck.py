@@ -15,6 +15,13 @@ relative error divides by the size of the true gradient, so where that is
 norm has true gradient exactly 0, round-off of 1e-17 in both methods gives
 a relative error of order 1, and the row passes on the absolute tolerance.
 The report's ``passed on`` column says which test each row passed.
+
+Round-off scales with the gradient, so the manual-vs-autodiff absolute
+tolerance is ``ATOL`` (1e-12) times the largest autodiff entry of the
+check (a fixed 1e-10 passed any backward where every gradient is below it,
+near a loss of 0, or a zero gradient for a leaf 1e-11 times smaller than
+the rest, deep in a network whose gradients vanish). A NaN or infinite
+error never passes: it proves nothing.
 """
 
 from __future__ import annotations
@@ -28,20 +35,28 @@ import numpy as np
 from fnn.protocol import Layer, check_params, per_example_shape
 
 # Tolerances, all comparisons in float64. Manual and autodiff gradients
-# differ only by round-off; central differences with step EPS carry
-# O(EPS**2) truncation and O(|f| * 1e-16 / EPS) cancellation error, so their
-# absolute tolerance scales with the function's value: FD_ATOL * max(1, |f|).
-MANUAL_RTOL = 1e-6
+# differ by round-off only (below 1e-13 relative in every layer's test; 1e-6
+# passed sqrt(2/pi) written 0.7978846, off by 5e-8): absolute tolerance ATOL
+# times the gradient's largest entry. Central differences with step EPS
+# carry O(EPS**2) truncation and O(|f| 1e-16 / EPS) cancellation error:
+# absolute tolerance FD_ATOL * max(1, |f|).
+MANUAL_RTOL = 1e-9
 FD_RTOL = 1e-5
-ATOL = 1e-10
+ATOL = 1e-12  # round-off reached 5e-16 x the scale in every test and example
 FD_ATOL = 1e-8
 EPS = 1e-6
 
 
-def _verdict(abs_err: float, rel_err: float, atol: float, rtol: float) -> str:
-    """The test a comparison passed (``"abs"``, ``"rel"``), ``"FAIL"``, or ``"-"``."""
-    if np.isnan(abs_err):
+def _verdict(
+    abs_err: float, rel_err: float, atol: float, rtol: float, compared: bool = True
+) -> str:
+    """The test a comparison passed (``"abs"``, ``"rel"``), ``"FAIL"``, or
+    ``"-"`` when it was not made. A NaN or infinite error fails: it must not
+    read as agreement."""
+    if not compared:
         return "-"
+    if not np.isfinite(abs_err):
+        return "FAIL"
     if abs_err <= atol:
         return "abs"
     return "rel" if rel_err <= rtol else "FAIL"
@@ -61,6 +76,10 @@ class LeafCheck:
       fd_rel: ``fd_abs`` over the larger of the two directional derivatives.
       fd_atol: the absolute tolerance of the difference quotient,
         ``FD_ATOL * max(1, |J|)`` (its round-off grows with the value).
+      fd_compared: False when the finite-difference comparison was not
+        made (``finite_differences=False``, or an empty leaf): ``fd`` ``-``.
+      manual_atol: the absolute tolerance of manual vs autodiff, ``ATOL``
+        times the largest autodiff entry over every leaf of the check.
     """
 
     path: str
@@ -70,16 +89,20 @@ class LeafCheck:
     fd_abs: float
     fd_rel: float
     fd_atol: float = FD_ATOL
+    fd_compared: bool = True
+    manual_atol: float = ATOL
 
     @property
     def manual_passed_on(self) -> str:
         """``"abs"``, ``"rel"`` or ``"FAIL"``: manual vs autodiff."""
-        return _verdict(self.manual_abs, self.manual_rel, ATOL, MANUAL_RTOL)
+        return _verdict(self.manual_abs, self.manual_rel, self.manual_atol, MANUAL_RTOL)
 
     @property
     def fd_passed_on(self) -> str:
         """``"abs"``, ``"rel"``, ``"FAIL"``, or ``"-"`` when not compared."""
-        return _verdict(self.fd_abs, self.fd_rel, self.fd_atol, FD_RTOL)
+        return _verdict(
+            self.fd_abs, self.fd_rel, self.fd_atol, FD_RTOL, self.fd_compared
+        )
 
     @property
     def ok(self) -> bool:
@@ -121,14 +144,16 @@ class GradCheckReport:
                 f"manual {r.manual_passed_on}, fd {r.fd_passed_on}"
             )
         verdict = "all leaves agree" if self.ok else f"{len(self.failures())} FAILED"
+        if not self.rows:  # not agreement: nothing was compared
+            verdict = "no leaf to compare (check_layer also checks the input)"
         fd_atol = self.rows[0].fd_atol if self.rows else FD_ATOL
+        atol = self.rows[0].manual_atol if self.rows else ATOL
         lines += [
             verdict,
-            # Prose lines kept under 80 columns: the table above is as wide
-            # as its numbers need, the explanation need not be.
             "a comparison passes on abs (abs error <= atol) "
             "or rel (rel error <= rtol):",
-            f"  manual-autodiff atol {ATOL:g}, rtol {MANUAL_RTOL:g};",
+            f"  manual-autodiff atol {atol:.3g} (= {ATOL:g} x max |autodiff|), "
+            f"rtol {MANUAL_RTOL:g};",
             f"  autodiff-fd atol {fd_atol:.3g} (= {FD_ATOL:g} x max(1, |loss|)), "
             f"rtol {FD_RTOL:g}.",
             "A leaf whose true gradient is 0 (a bias before BatchNorm) passes on abs:",
@@ -177,6 +202,8 @@ def _gradients_and_differences(scalar_fn, manual_fn, primals, directions, fd):
 
         predicted.append(jnp.vdot(a, t))
         numeric.append((moved(1.0) - moved(-1.0)) / (2 * EPS))
+    if not leaves:  # no parameters: nothing to stack (the report says so)
+        return value, manual, autodiff, jnp.zeros(0), jnp.zeros(0)
     return value, manual, autodiff, jnp.stack(predicted), jnp.stack(numeric)
 
 
@@ -213,15 +240,27 @@ def _compare(scalar_fn, manual_fn, primals, *, finite_differences, seed):
             f"primals have {len(paths)}: a backward returned the wrong structure"
         )
     fd_atol = FD_ATOL * max(1.0, abs(float(value)))
+    manual_atol = ATOL * _scale(auto_leaves)
     rows = []
     for path, m, a, p, n in zip(paths, manual_leaves, auto_leaves, predicted, numeric):
         m_abs, m_rel = _errors(m, a)
         f_abs = abs(float(p) - float(n))
         f_rel = f_abs / max(abs(float(p)), abs(float(n)), 1e-300)
+        shape, compared = tuple(np.shape(a)), bool(finite_differences and np.size(a))
         rows.append(
-            LeafCheck(path, tuple(np.shape(a)), m_abs, m_rel, f_abs, f_rel, fd_atol)
+            LeafCheck(
+                path, shape, m_abs, m_rel, f_abs, f_rel, fd_atol, compared, manual_atol
+            )
         )
     return tuple(rows), float(value)
+
+
+def _scale(leaves) -> float:
+    """The largest ``|entry|`` over all leaves: the scale of the gradient,
+    to which its round-off is proportional. NaN when an entry is not finite:
+    no row then passes on an absolute tolerance made infinite or NaN."""
+    sizes = [float(np.max(np.abs(leaf))) for leaf in leaves if np.size(leaf)]
+    return max(sizes, default=0.0) if np.isfinite(sizes).all() else float("nan")
 
 
 def check(
@@ -252,7 +291,9 @@ def check(
     Args:
       model: a :class:`~fnn.protocol.Layer`.
       loss: as for :func:`fnn.backprop.value_and_grad`; needs ``loss.grad``.
-      params, state, x, y: the point to check at; a small batch is enough.
+      params, state, x, y: the point to check at; a small batch is enough,
+        of 2 or more examples (one cannot show a backward that mishandles
+        the batch axis) and inputs of both signs (kinks: ReLU, max-pool).
       key: PRNG key for layers that need one in training. Every evaluation
         uses the same key, so dropout masks stay fixed.
       finite_differences: also compare autodiff with finite differences.
@@ -317,7 +358,9 @@ def check_layer(
 
     Returns:
       A :class:`GradCheckReport` with rows named ``['params']...`` and
-      ``['x']``; an integer ``x`` (token ids) has no gradient and no row.
+      ``['x']`` (``['x'][i]`` for a tuple of inputs); an integer input
+      (token ids) has no gradient and no row, the float inputs beside it
+      still have theirs.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -333,15 +376,26 @@ def check_layer(
 
     with jax.enable_x64(True):
         params, state, x = backprop.cast_floats((params, state, x), jnp.float64)
-        diff_x = all(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree.leaves(x))
+        # Integer inputs (token ids) have no gradient; the float ones of a
+        # tuple input are checked all the same, not skipped with them.
+        x_leaves, x_def = jax.tree.flatten(x)
+        floats = [jnp.issubdtype(v.dtype, jnp.inexact) for v in x_leaves]
         out = jax.eval_shape(
             lambda: layer.apply(params, state, x, key=key, train=train)[0]
         )
         rng = np.random.default_rng(seed + 1)
         cot = jax.tree.map(lambda o: rng.standard_normal(o.shape), out)
 
+        def float_part(tree):  # an x-shaped tree, None at integer inputs
+            parts = x_def.flatten_up_to(tree)
+            return jax.tree.unflatten(
+                x_def, [v if f else None for v, f in zip(parts, floats)]
+            )
+
         def split(primals):
-            return primals["params"], primals["x"] if diff_x else x
+            given = x_def.flatten_up_to(primals["x"]) if any(floats) else x_leaves
+            merged = [g if f else v for g, v, f in zip(given, x_leaves, floats)]
+            return primals["params"], jax.tree.unflatten(x_def, merged)
 
         def scalar(primals):
             p, xx = split(primals)
@@ -352,9 +406,13 @@ def check_layer(
             p, xx = split(primals)
             _, _, cache = layer.forward(p, state, xx, key=key, train=train)
             dparams, dx = layer.backward(p, cache, cot)
-            return {"params": dparams, "x": dx} if diff_x else {"params": dparams}
+            if not any(floats):
+                return {"params": dparams}
+            return {"params": dparams, "x": float_part(dx)}
 
-        primals = {"params": params, "x": x} if diff_x else {"params": params}
+        primals = {"params": params}
+        if any(floats):
+            primals["x"] = float_part(x)
         rows, value = _compare(
             scalar, manual, primals, finite_differences=finite_differences, seed=seed
         )

@@ -387,16 +387,22 @@ LOSSES = (
 
 
 # Keras' and PyTorch's names for the losses above, for the error a string
-# where a loss goes gets: the habit names the fix.
+# where a loss goes gets: the habit names the fix. Keras' cross-entropies
+# take probabilities by default (from_logits=False), so they map to fnn's
+# losses on probabilities, and the hint adds the one on logits.
+_ON_LOGITS = {
+    "cross_entropy": "softmax_cross_entropy",
+    "binary_cross_entropy": "sigmoid_binary_cross_entropy",
+}
 _OTHER_NAMES = {
     "mean_squared_error": "mse",
     "mseloss": "mse",
     "mean_absolute_error": "mae",
     "l1loss": "mae",
-    "categorical_crossentropy": "softmax_cross_entropy",
-    "sparse_categorical_crossentropy": "softmax_cross_entropy",
+    "categorical_crossentropy": "cross_entropy",
+    "sparse_categorical_crossentropy": "cross_entropy",
     "crossentropyloss": "softmax_cross_entropy",
-    "binary_crossentropy": "sigmoid_binary_cross_entropy",
+    "binary_crossentropy": "binary_cross_entropy",
     "bcewithlogitsloss": "sigmoid_binary_cross_entropy",
     "bceloss": "binary_cross_entropy",
     "hinge_loss": "hinge",
@@ -424,6 +430,11 @@ def check_loss(who: str, loss) -> None:
         name = _OTHER_NAMES.get(key, key)
         if any(f.name == name for f in LOSSES):
             hint = f"; for {loss!r} write fnn.losses.{name} (the function, no quotes)"
+            if name in _ON_LOGITS and key != name:
+                hint += (
+                    f", on probabilities as Keras' default; on logits "
+                    f"(from_logits=True) fnn.losses.{_ON_LOGITS[name]}"
+                )
     raise TypeError(
         f"{who}: loss must be a function loss(pred, target) -> scalar, such as "
         f"fnn.losses.softmax_cross_entropy, got {loss!r}{hint}"

@@ -37,6 +37,27 @@ def check_positive_int(name: str, what: str, value) -> int:
     return int(value)
 
 
+def check_bool(name: str, what: str, value) -> bool:
+    """Validates a constructor switch such as ``use_bias``.
+
+    Accepts ``True``, ``False``, NumPy bools and the ints 0 and 1: ``None``,
+    ``"no"`` or ``2`` would pass a truth test silently, meaning something
+    the caller did not write.
+
+    Returns:
+      ``value`` as a Python ``bool``.
+
+    Raises:
+      TypeError: for anything else, naming the layer and the value.
+    """
+    ok = isinstance(value, bool | np.bool_) or (
+        isinstance(value, numbers.Integral) and value in (0, 1)
+    )
+    if not ok:
+        raise TypeError(f"{name}: {what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_real(
     name: str, what: str, value, *, low=None, high=None, high_open=False, low_open=False
 ) -> float:

@@ -66,7 +66,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fnn import train
+from fnn import _epoch, losses, optim, train
 from fnn.protocol import Layer
 
 
@@ -96,6 +96,7 @@ def make_step(
     devices: Sequence[jax.Device] | None = None,
     method: str = "autodiff",
     compute_dtype=None,
+    regularizer=None,
 ) -> Callable:
     """A jitted data-parallel training step.
 
@@ -114,6 +115,9 @@ def make_step(
       method: ``"autodiff"`` or ``"manual"``, as for
         :func:`fnn.train.make_step`.
       compute_dtype: the mixed precision of :func:`fnn.train.make_step`.
+      regularizer: added to the loss, as for :func:`fnn.train.make_step`
+        (a function of the replicated parameters: counted once, not once
+        per device).
 
     Returns:
       The step function; ``step.lower`` lowers it for inspection;
@@ -129,7 +133,8 @@ def make_step(
         devices; or for an argument already placed over several devices
         otherwise than the step wants (named by its key path).
       TypeError: at a call, for a ``key`` that is neither ``None`` nor one
-        PRNG key.
+        PRNG key; when built, for a loss or optimizer that
+        :func:`fnn.train.make_step` refuses.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -146,14 +151,20 @@ def make_step(
       >>> step.mesh.axis_names, loss.shape, params["w"].sharding.is_fully_replicated
       (('data',), (), True)
     """
+    losses.check_loss(_WHERE, loss)
+    optim.check_optimizer(_WHERE, optimizer)
     mesh = data_mesh(devices)
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec("data"))
-    jitted = jax.jit(
-        train._step_fn(model, loss, optimizer, method, compute_dtype),
-        in_shardings=(replicated, replicated, replicated, split, split, replicated),
-        out_shardings=replicated,
-        donate_argnums=(0, 1, 2),
+    # DonatingStep copies opt_state arrays that are params' own (prodigy's
+    # state holds them): donating one buffer twice crashed the process here.
+    jitted = _epoch.DonatingStep(
+        jax.jit(
+            train._step_fn(model, loss, optimizer, method, compute_dtype, regularizer),
+            in_shardings=(replicated, replicated, replicated, split, split, replicated),
+            out_shardings=replicated,
+            donate_argnums=(0, 1, 2),
+        )
     )
     multi_host = jax.process_count() > 1
     # Each process passes its own slice, which must split over its devices.

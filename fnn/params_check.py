@@ -37,6 +37,9 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
 
     Raises:
       ValueError: naming the model and the first leaf that differs.
+      TypeError: naming a parameter leaf that is not floating point (an
+        integer ``w`` has no gradient: autodiff failed with a bare JAX
+        error, the manual method returned float gradients for it).
 
     Example:
       >>> import jax.numpy as jnp
@@ -67,6 +70,14 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
                 f"Were they made by another model's init?"
             )
         for (path, g), (_, w) in zip(got_leaves, want_leaves):
+            dtype = jnp.result_type(g)
+            if what == "params" and not jnp.issubdtype(dtype, jnp.inexact):
+                raise TypeError(
+                    f"{layer.name}: params{jax.tree_util.keystr(path)} has dtype "
+                    f"{dtype}; parameters must be floating point (init makes "
+                    f"{w.dtype}), e.g. params = jax.tree.map(lambda a: "
+                    f"a.astype(jnp.float32), params)"
+                )
             if tuple(jnp.shape(g)) != tuple(w.shape):
                 hint = batch_axis_hint(layer, params, state, input_shape)
                 raise ValueError(

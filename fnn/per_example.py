@@ -11,6 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fnn.diagnostics import at_least_float32
 from fnn.protocol import Layer
 
 
@@ -38,7 +39,9 @@ def per_example_grads(
     Raises:
       ValueError: when called with a model that has state (batch norm):
         it couples the examples of a batch, so per-example gradients are
-        undefined.
+        undefined; or with arrays of ``x`` and ``y`` (tuples of arrays for
+        several inputs are fine) of different lengths, or without a batch
+        axis.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -60,7 +63,8 @@ def per_example_grads(
     grad_fn = backprop.value_and_grad(model, loss, method, train=train)
 
     def one(params, state, x, y, key):
-        (value, _), grads = grad_fn(params, state, x[None], y[None], key=key)
+        x, y = jax.tree.map(lambda a: a[None], (x, y))  # a batch of one
+        (value, _), grads = grad_fn(params, state, x, y, key=key)
         return value, grads
 
     def f(params, state, x, y, *, key=None):
@@ -70,12 +74,37 @@ def per_example_grads(
                 "couples the examples of a batch; per-example gradients are "
                 "undefined. Use LayerNorm, or no normalisation."
             )
-        keys = None if key is None else jax.random.split(key, len(x))
+        n = _batch_size(x, y)
+        keys = None if key is None else jax.random.split(key, n)
         return jax.vmap(
             one, in_axes=(None, None, 0, 0, 0 if keys is not None else None)
         )(params, state, x, y, keys)
 
     return f
+
+
+def _batch_size(x, y) -> int:
+    """The common length of every array of ``x`` and ``y`` (first axis).
+
+    Checked here: ``jax.vmap`` would say only "inconsistent sizes".
+    """
+    sizes = {}
+    for name, tree in (("x", x), ("y", y)):
+        for path, a in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            where = name + jax.tree_util.keystr(path)
+            if not jnp.shape(a):
+                raise ValueError(
+                    f"per_example_grads: {where} has shape (), no batch axis; "
+                    "x and y are batches of examples along their first axis"
+                )
+            sizes.setdefault(jnp.shape(a)[0], where)
+    if len(sizes) > 1:
+        (a, where_a), (b, where_b) = list(sizes.items())[:2]
+        raise ValueError(
+            f"per_example_grads: {where_a} has {a} examples but {where_b} has "
+            f"{b}; x and y need the same number of examples (first axis)"
+        )
+    return next(iter(sizes), 0)
 
 
 def per_example_norms(grads) -> jax.Array:
@@ -88,10 +117,11 @@ def per_example_norms(grads) -> jax.Array:
         (as :func:`per_example_grads` returns).
 
     Returns:
-      An array of shape ``(N,)``.
+      An array of shape ``(N,)``, float32 for float16 or bfloat16 gradients
+      (whose squares overflow float16 from a norm of 256 on).
     """
     squares = [
         jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
-        for g in jax.tree.leaves(grads)
+        for g in jax.tree.leaves(at_least_float32(grads))
     ]
     return jnp.sqrt(sum(squares))

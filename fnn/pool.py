@@ -75,6 +75,13 @@ def _pool(kind, window, strides, padding, reduce, unreduce) -> Layer:
 
 
 def _max_reduce(x, window, strides, pads):
+    # Complex numbers have no order: XLA's max compared them
+    # lexicographically while the CPU formulation died in a bare TypeError.
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"MaxPool: got a {x.dtype} input, and complex numbers have no "
+            "maximum; pool jnp.abs(x) or the real part instead"
+        )
     return _backend.max_pool(x, window, strides, pads), x
 
 
@@ -120,6 +127,7 @@ def MaxPool(window, strides=None, padding: str = "VALID") -> Layer:
       ValueError: at construction, for an option out of its domain.
       ShapeError: at init or trace time, for an input of the wrong rank or a
         VALID window larger than the input.
+      TypeError: at trace time, for a complex input (no order).
 
     Example:
       >>> import jax.numpy as jnp
@@ -143,29 +151,37 @@ def _averaged(x):
     return x.astype(jnp.result_type(float))
 
 
+def _summed(dtype):
+    """The type window sums of ``dtype`` run in: float32 at least, as
+    ``jnp.mean`` sums float16 and bfloat16 (an 8x8 bfloat16 window summed in
+    its own type was off by 7 units of its last place, not 1)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _avg_reduce(x, window, strides, pads):
     x = _averaged(x)
+    acc = x.astype(_summed(x.dtype))
     total = lax.reduce_window(
-        x,
-        np.zeros((), x.dtype),
+        acc,
+        np.zeros((), acc.dtype),
         lax.add,
         win.around(window, 1),
         win.around(strides, 1),
         win.around(pads, (0, 0)),
     )
-    return total / math.prod(window), shape_carrier(x)
+    return (total / math.prod(window)).astype(x.dtype), shape_carrier(x)
 
 
 def _avg_unreduce(carrier, dy, window, strides, pads):
     spatial, out = carrier.shape[1:-1], dy.shape[1:-1]
     edges = win.transpose_pads(spatial, out, window, strides, pads)
     config = [(lo, hi, s - 1) for (lo, hi), s in zip(edges, strides, strict=True)]
-    zero = np.zeros((), dy.dtype)
-    spread = lax.pad(dy / math.prod(window), zero, win.around(config, (0, 0, 0)))
+    acc = dy.astype(_summed(dy.dtype))
+    zero = np.zeros((), acc.dtype)
+    spread = lax.pad(acc / math.prod(window), zero, win.around(config, (0, 0, 0)))
     ones = win.around((1,) * len(window), 1)
-    return lax.reduce_window(
-        spread, zero, lax.add, win.around(window, 1), ones, "VALID"
-    )
+    dx = lax.reduce_window(spread, zero, lax.add, win.around(window, 1), ones, "VALID")
+    return dx.astype(dy.dtype)
 
 
 def AvgPool(window, strides=None, padding: str = "VALID") -> Layer:
@@ -176,7 +192,8 @@ def AvgPool(window, strides=None, padding: str = "VALID") -> Layer:
     flax's ``avg_pool(count_include_pad=True)`` (its default), so edge
     outputs lean towards zero. Integer and bool inputs are averaged in the
     default float type (``jnp.mean``'s rule), so the output is float and no
-    sum wraps around.
+    sum wraps around; float16 and bfloat16 windows are summed in float32
+    (``jnp.mean``'s rule too) and the mean rounded once to the input's type.
 
     Forward: ``y[n, o, c] = sum_k x_pad[n, o*s + k, c] / |K|``.
 

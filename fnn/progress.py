@@ -33,10 +33,13 @@ REDRAW = 0.1  # seconds between redraws, at most
 
 
 def _columns(stream) -> int:
+    """The terminal's width; some (a pty not sized yet, an IDE's console)
+    report 0 columns, which would cut every line at ``[:-1]``, not to 0."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):
-        return shutil.get_terminal_size().columns
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size().columns
 
 
 def _isatty(stream) -> bool:
@@ -95,17 +98,21 @@ def bar_line(epoch, epochs, done, total, width, *, rate=None, loss=None) -> str:
     count = f"step {done}" if total is None else f"{done}/{total}"
     head = f"epoch {epoch}/{epochs} {count}"
     tail = ""
+    # A sized stream may yield more batches than its len() said: the bar
+    # stays full and the time left at 0, never a bar past its brackets or
+    # a negative ETA.
+    left = None if total is None else max(0, total - done)
     if rate:
         tail += f" {_rate(rate)}"
-        if total is not None:
-            tail += f" ETA {_clock((total - done) / rate)}"
+        if left is not None:
+            tail += f" ETA {_clock(left / rate)}"
     if loss is not None:
         tail += f" loss {number(loss)}"
     room = min(BAR, width - 1 - len(head) - len(tail) - 3)  # brackets, a space
-    if total is not None and room >= 10:
-        fill = room * done // total
+    if total and room >= 10:  # an empty list of batches has total 0
+        fill = room * (total - left) // total
         head += " [" + "=" * fill + "." * (room - fill) + "]"
-    return (head + tail)[: width - 1]
+    return (head + tail)[: max(0, width - 1)]
 
 
 class Progress:

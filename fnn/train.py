@@ -88,7 +88,10 @@ def make_step(
       ``state`` and ``opt_state`` passed in are donated**: XLA reuses their
       buffers for the results, and using them after the call raises
       "Array has been deleted". Keep the returned ones (or pass copies,
-      ``jax.tree.map(jnp.copy, params)``, to keep the originals). ``key``
+      ``jax.tree.map(jnp.copy, params)``, to keep the originals). Where
+      ``opt_state`` holds the very arrays of ``params`` (e.g.
+      ``optax.contrib.prodigy``'s, fresh from ``init``), those are copied
+      first: XLA cannot donate one buffer twice. ``key``
       feeds dropout: pass a fresh one each step (``None`` when the model
       has no randomness).
 
@@ -114,9 +117,11 @@ def make_step(
     """
     losses.check_loss("make_step", loss)
     optim.check_optimizer("make_step", optimizer)
-    return jax.jit(
-        _step_fn(model, loss, optimizer, method, compute_dtype, regularizer),
-        donate_argnums=(0, 1, 2),
+    return _epoch.DonatingStep(
+        jax.jit(
+            _step_fn(model, loss, optimizer, method, compute_dtype, regularizer),
+            donate_argnums=(0, 1, 2),
+        )
     )
 
 
@@ -133,8 +138,10 @@ class FitResult(NamedTuple):
 
     ``history`` holds one entry per finished epoch under each key:
 
-    - ``"train_loss"``: the mean of the epoch's step losses (each computed
-      in training mode, before its step's update);
+    - ``"train_loss"``: the mean loss over the epoch's training examples:
+      its step losses (each computed in training mode, before its step's
+      update) weighted by their batch sizes, which only differ in a stream
+      (e.g. its last, partial batch);
     - ``"time"``: seconds the epoch's steps took (validation excluded;
       the first epoch of a ``fit`` includes compiling);
     - ``"val_loss"``, ``"val_accuracy"``: with ``validation_data``, the
@@ -207,9 +214,10 @@ def fit(
     """Trains ``model`` on ``train_data = (x, y)`` with shuffled minibatches.
 
     Each epoch runs ``len(x) // batch_size`` steps as one compiled loop over
-    minibatches drawn from a fresh permutation; the last partial batch is
-    left out of that epoch (a different one each epoch). With ``scan=False``
-    the same minibatches run as a Python loop of jitted steps.
+    minibatches drawn from a fresh permutation; the last ``len(x) %
+    batch_size`` examples of the permutation are left out of that epoch
+    (drawn at random, afresh each epoch). With ``scan=False`` the same
+    minibatches run as a Python loop of jitted steps.
 
     Args:
       model, loss, optimizer: what to train, on which loss, how (see
@@ -217,6 +225,8 @@ def fit(
       params, state: where to start (``model.init``'s output). Not donated.
       train_data: ``(x, y)`` arrays (or lists) with a leading example axis;
         binary labels ``(N,)`` are read as ``(N, 1)`` as in :func:`evaluate`.
+        ``x`` reaches the model as it is: uint8 pixels are not scaled
+        (divide them by 255 first).
         Or a stream, for data larger than memory: an iterable of ``(x, y)``
         batches (iterated afresh each epoch), or a function ``epoch ->
         iterable of (x, y)``; see ``fnn._stream``. Each batch is checked
@@ -309,6 +319,11 @@ def fit(
     optim.check_optimizer("fit", optimizer)
     epochs, initial_epoch = checks.epochs(epochs, initial_epoch)
     key = checks.prng_key(key)
+    scan = checks.flag("fit", "scan", scan, none=True)
+    progress = checks.flag("fit", "progress", progress, none=True)
+    verbose = checks.flag("fit", "verbose", verbose)
+    diagnostics = checks.flag("fit", "diagnostics", diagnostics)
+    checks.callable_or_none("augment", augment)
     if patience is not None:
         patience = checks.count("fit", "patience", patience)
     step = _step_fn(model, loss, optimizer, method, compute_dtype, regularizer)
@@ -316,7 +331,7 @@ def fit(
     source, validation = checks.sources(model, loss, params, state, train_data,
                                         validation_data, key, batch_size, step,
                                         scan, augment)  # fmt: skip
-    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    opt_state = checks.opt_state(optimizer, params, opt_state)
     carry = _epoch.copy((params, state, opt_state))
     history = {"train_loss": [], "time": []}
     if validation is not None:
@@ -339,7 +354,7 @@ def fit(
         if not np.all(np.isfinite(losses_)):
             carry, stopped = _epoch.diverged(source.segments, best, what)
             break
-        train_loss, metrics_ = float(losses_.mean()), None
+        train_loss, metrics_ = source.mean_loss(losses_), None
         if validation is not None:
             display.note("validating")
             metrics_ = evaluate_checked(model, loss, carry[0], carry[1], *validation)

@@ -59,7 +59,8 @@ def Upsample(factor) -> Layer:
       >>> Upsample((3,)).init(None, (2, 5))[0]
       (6, 5)
     """
-    if isinstance(factor, (tuple, list)):
+    # A 1-D NumPy array is a tuple of factors too, as for a conv's window.
+    if win.is_sequence(factor):
         factors = win.window_tuple("Upsample", "factor", factor)
         name = f"Upsample({factors})"
     else:

@@ -47,13 +47,20 @@ def test_report_says_a_zero_gradient_leaf_passes_on_the_absolute_tolerance():
     )
     bias = report.rows[0]
     assert bias.path == "[0]['b']" and bias.ok
-    assert bias.manual_abs <= backprop.ATOL < bias.manual_rel  # rel means nothing
+    assert bias.manual_abs <= bias.manual_atol < bias.manual_rel  # rel: noise / 0
     assert bias.manual_passed_on == "abs"
     text = str(report)
     line = next(s for s in text.splitlines() if s.startswith("[0]['b']"))
     assert f"{bias.manual_rel:9.1e}" in line  # the large rel error is shown...
     assert "yes  manual abs, fd " in line  # ...and why the row passes
-    assert "manual-autodiff atol 1e-10, rtol 1e-06" in text
+    # The atol is ATOL times the gradient's largest entry (round-off scales).
+    grad = backprop.value_and_grad(model, losses.softmax_cross_entropy)
+    grads = grad(params, state, x, y % 2)[1]
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
+    np.testing.assert_allclose(bias.manual_atol, backprop.ATOL * scale, rtol=1e-4)
+    atol = f"{bias.manual_atol:.3g}"
+    assert f"manual-autodiff atol {atol} (= 1e-12 x max |autodiff|)" in text
+    assert "rtol 1e-09" in text
     assert "autodiff-fd atol" in text and "rtol 1e-05" in text
     assert "true gradient is 0 (a bias before BatchNorm) passes on abs" in text
 
@@ -86,6 +93,99 @@ def test_check_catches_a_wrong_backward(factor):
     assert not report.ok
     assert [r.path for r in report.failures()] == ["[2]['w']"]
     assert "1 FAILED" in str(report)
+
+
+def scaled_backward(layer, fn, name):
+    """``layer`` with ``fn(dparams, dx) -> (dparams, dx)`` after its backward."""
+    return Layer(
+        layer.init,
+        layer.forward,
+        lambda p, c, dy: fn(*layer.backward(p, c, dy)),
+        name,
+    )
+
+
+def test_check_fails_a_backward_that_returns_nan():
+    # A NaN error used to read as "not compared" ("-") and the row passed.
+    nan_w = scaled_backward(
+        L.Dense(3), lambda dp, dx: ({**dp, "w": dp["w"].at[0, 0].set(jnp.nan)}, dx),
+        "NanDense",
+    )  # fmt: skip
+    model = L.serial(L.Dense(4), L.Tanh, nan_w)
+    _, params, state, x, y = setup(model, n=6)
+    report = backprop.check(model, losses.softmax_cross_entropy, params, state, x, y)
+    assert [r.path for r in report.failures()] == ["[2]['w']"]
+    assert report.failures()[0].manual_passed_on == "FAIL"
+    assert "1 FAILED" in str(report)
+    # Skipped comparisons still read "-" and pass.
+    skipped = backprop.check(
+        L.serial(L.Dense(2)), losses.mse, *setup(L.serial(L.Dense(2)))[1:4],
+        jnp.zeros((16, 2)), finite_differences=False,
+    )  # fmt: skip
+    assert skipped.ok and {r.fd_passed_on for r in skipped.rows} == {"-"}
+
+
+def test_check_fails_a_doubled_backward_where_every_gradient_is_tiny():
+    # At a near-perfect fit every gradient is ~1e-11: a fixed atol of 1e-10
+    # passed a backward off by a factor 2. The atol now scales with them.
+    doubled = scaled_backward(
+        L.Dense(1), lambda dp, dx: ({**dp, "w": 2 * dp["w"]}, dx), "DoubleDense"
+    )
+    _, params, state = doubled.init(KEY, (3,))
+    params = jax.tree.map(jnp.zeros_like, params)  # pred = 0 exactly
+    x = jax.random.normal(KEY, (5, 3))
+    y = jnp.full((5, 1), 1e-11)
+    report = backprop.check(doubled, losses.mse, params, state, x, y)
+    assert [r.path for r in report.failures()] == ["['w']"]
+    assert report.rows[1].manual_abs < 1e-10  # what the fixed atol let through
+
+
+def test_a_report_with_no_leaf_does_not_say_they_agree():
+    # check() of a model without parameters failed with a bare NumPy "Need at
+    # least one array to stack."; its report must not claim agreement.
+    _, params, state, x, _ = setup(L.serial(L.Tanh))
+    text = str(backprop.check(L.serial(L.Tanh), losses.mse, params, state, x, x))
+    assert "all leaves agree" not in text and "no leaf to compare" in text
+
+
+def test_check_catches_zeros_for_a_leaf_whose_gradient_is_tiny():
+    # Layer 0's gradient is ~1e-11 of layer 1's (its output is scaled by
+    # 1e-11, as deep in a network whose gradients vanish): a backward giving
+    # it zeros passed the fixed atol 1e-10. Round-off is ~1e-16 of the scale.
+    zeros = scaled_backward(
+        L.Dense(2), lambda dp, dx: (jax.tree.map(jnp.zeros_like, dp), dx), "Zeros"
+    )
+    model = L.serial(zeros, L.Tanh, L.Dense(2))
+    _, params, state, x, y = setup(model, n=4)
+    params = (params[0], (), {**params[2], "w": 1e-11 * params[2]["w"]})
+    report = backprop.check(model, losses.mse, params, state, x, jnp.ones((4, 2)))
+    assert [r.path for r in report.failures()] == ["[0]['b']", "[0]['w']"]
+    assert all(r.manual_abs < 1e-10 for r in report.failures())  # passed before
+
+
+def test_check_catches_a_backward_off_by_a_truncated_constant():
+    # sqrt(2/pi) written to 7 digits in a backward is off by 5e-8 relative:
+    # it passed MANUAL_RTOL = 1e-6. In float64, round-off is below 1e-13.
+    off = 0.7978846 / np.sqrt(2 / np.pi)
+    assert 1e-8 < off - 1 < 1e-6
+    truncated = scaled_backward(L.Tanh, lambda dp, dx: (dp, off * dx), "Truncated")
+    x = jax.random.normal(KEY, (3, 4))
+    report = backprop.check_layer(truncated, (), (), x)
+    assert [r.path for r in report.failures()] == ["['x']"]
+    assert report.failures()[0].manual_rel < 1e-6  # what the old rtol passed
+
+
+def test_check_layer_checks_the_float_input_beside_token_ids():
+    # A tuple input with token ids: the float input's row was dropped with
+    # the ids', and a dx off by 3x read "all leaves agree".
+    tripled = scaled_backward(L.Dense(2), lambda dp, dx: (dp, 3 * dx), "TripleDx")
+    model = L.serial(L.parallel(L.Embedding(5, 2), tripled), L.fan_in_sum())
+    _, params, state = model.init(KEY, ((), (3,)))
+    x = (jnp.array([0, 1, 4]), jax.random.normal(KEY, (3, 3)))
+    report = backprop.check_layer(model, params, state, x)
+    assert [r.path for r in report.failures()] == ["['x'][1]"]
+    good = L.serial(L.parallel(L.Embedding(5, 2), L.Dense(2)), L.fan_in_sum())
+    assert backprop.check_layer(good, params, state, x).ok
 
 
 def test_check_layer_catches_a_wrong_input_gradient():
@@ -150,6 +250,19 @@ def test_manual_needs_a_loss_with_a_gradient():
         backprop.value_and_grad(mlp(), lambda p, t: jnp.mean((p - t) ** 2), "manual")
 
 
+@pytest.mark.parametrize("method", backprop.METHODS)
+def test_integer_params_are_refused_by_name(method):
+    # autodiff failed with JAX's bare "grad requires real- or complex-valued
+    # inputs"; manual silently returned float gradients for int weights.
+    model = L.serial(L.Dense(2))
+    _, params, state = model.init(KEY, (3,))
+    params = ({**params[0], "w": jnp.zeros((3, 2), jnp.int32)},)
+    f = backprop.value_and_grad(model, losses.mse, method)
+    message = r"serial\(Dense\(2\)\): params\[0\]\['w'\] has dtype int32; param"
+    with pytest.raises(TypeError, match=message):
+        f(params, state, jnp.ones((4, 3)), jnp.ones((4, 2)))
+
+
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method must be one of"):
         backprop.value_and_grad(mlp(), losses.mse, "numeric")
@@ -185,6 +298,27 @@ def test_per_example_grads_match_one_example_at_a_time(method):
         for i in range(4)
     ]
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
+
+
+def test_per_example_grads_of_a_two_input_model_and_mismatched_lengths():
+    # A tuple x (one array per input) failed with "tuple indices must be
+    # integers"; x and y of different lengths with a bare vmap error.
+    model = L.serial(L.parallel(L.Dense(2), L.Dense(2)), L.fan_in_sum())
+    _, params, state = model.init(KEY, ((3,), (1,)))
+    x = (jax.random.normal(KEY, (3, 3)), jnp.arange(3.0)[:, None])
+    y = jnp.ones((3, 2))
+    f = backprop.per_example_grads(model, losses.mse)
+    values, grads = f(params, state, x, y)
+    single = backprop.value_and_grad(model, losses.mse)
+    for i in range(3):
+        one = jax.tree.map(lambda a, i=i: a[i : i + 1], (x, y))
+        (value, _), g = single(params, state, *one)
+        np.testing.assert_allclose(values[i], value, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"per_example_grads: x\[0\] has 3 "
+                       r"examples but y has 2"):  # fmt: skip
+        f(params, state, x, y[:2])
 
 
 def test_per_example_grads_refuse_batch_norm():

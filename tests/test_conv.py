@@ -415,6 +415,15 @@ def test_bad_options_are_rejected_at_construction(build, match):
         build()
 
 
+@pytest.mark.parametrize("use_bias", [None, "no", 1.0])
+def test_use_bias_must_be_a_bool(use_bias):
+    # None built a layer without a bias and "no" one with it, silently
+    # (Dense refused both already).
+    with pytest.raises(TypeError, match=r"Conv: use_bias must be True or False"):
+        Conv(2, 3, use_bias=use_bias)
+    assert Conv(2, 3, use_bias=np.False_).name == "Conv(2, (3,), use_bias=False)"
+
+
 def test_padding_is_case_insensitive_and_names_show_options():
     assert Conv(4, 3, padding="valid").name == "Conv(4, (3,), padding='VALID')"
     assert MaxPool((2, 2), strides=1, padding="same").name == (
@@ -562,6 +571,16 @@ def test_max_pool_every_dtype_exactly_on_both_paths(monkeypatch, dtype):
         np.testing.assert_array_equal(np.asarray(y), expected, err_msg=str(native))
 
 
+def test_max_pool_refuses_complex_input_on_both_paths(monkeypatch):
+    # XLA's max ordered complex numbers lexicographically (native path) and
+    # the CPU formulation died in a bare "gt does not accept dtype".
+    x = jnp.array([1 + 1j, 2 - 5j], jnp.complex64).reshape(1, 2, 1)
+    for native in (True, False):
+        monkeypatch.setattr(_backend, "use_native", lambda native=native: native)
+        with pytest.raises(TypeError, match=r"MaxPool: got a complex64 input"):
+            MaxPool(2).apply((), (), x)
+
+
 def test_avg_pool_of_integers_is_their_float_mean_without_wrapping():
     # int8 sums wrapped: [100, 100] averaged to -28.0.
     x = jnp.array([100, 100, -128, -127, 5, 6], jnp.int8).reshape(1, 6, 1)
@@ -571,6 +590,78 @@ def test_avg_pool_of_integers_is_their_float_mean_without_wrapping():
     bools = jnp.array([True, True, False, True]).reshape(1, 4, 1)
     y, _ = AvgPool(2).apply((), (), bools)
     np.testing.assert_array_equal(y[0, :, 0], [1.0, 0.5])
+
+
+def _bf16(seed, shape):
+    """bfloat16 values in [1, 2] with random last bits: sums need rounding."""
+    values = np.random.default_rng(seed).uniform(1.0, 2.0, shape)
+    return jnp.asarray(values, jnp.bfloat16)
+
+
+def _rounded_once(exact):
+    """A float64 result rounded to bfloat16 once, as float32 sums give it."""
+    return np.asarray(jnp.asarray(exact, jnp.float32).astype(jnp.bfloat16))
+
+
+def test_avg_pool_sums_16_bit_floats_in_float32_like_jnp_mean():
+    # The window sums ran in the input's 16-bit type: a bfloat16 8x8 mean was
+    # 7 units of its last place off (GlobalAvgPool, through jnp.mean, was
+    # right), the backward's overlapping shares of dy were summed in
+    # bfloat16 too, and a float16 window of 40000s averaged to inf.
+    x = _bf16(0, (1, 8, 8, 1))
+    y, _, cache = AvgPool((8, 8)).forward((), (), x)
+    assert y.dtype == jnp.bfloat16
+    exact = np.asarray(x, np.float64).mean()
+    np.testing.assert_array_equal(np.asarray(y).ravel(), [_rounded_once(exact)])
+    layer = AvgPool(8, strides=1)
+    _, _, cache = layer.forward((), (), jnp.ones((1, 16, 1), jnp.bfloat16))
+    dy = _bf16(1, (1, 9, 1))
+    _, dx = layer.backward((), cache, dy)
+    d = np.asarray(dy, np.float64)[0, :, 0] / 8
+    exact = [d[max(p - 7, 0) : p + 1].sum() for p in range(16)]
+    assert dx.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(dx)[0, :, 0], _rounded_once(exact))
+    # float16: the sum 80000 overflowed to inf, the mean is 40000.
+    big = jnp.full((1, 2, 1), 40000.0, jnp.float16)
+    np.testing.assert_array_equal(AvgPool(2).apply((), (), big)[0], [[[40000.0]]])
+
+
+def test_one_channel_conv_sums_bfloat16_in_float32_on_both_paths(monkeypatch):
+    # The CPU forward for one input channel (a sum of per-offset products)
+    # rounded its partial sums to bfloat16 at each of the 25 offsets: 6x
+    # further from the exact result than XLA's convolution.
+    x, w = _bf16(2, (2, 6, 6, 1)), _bf16(3, (5, 5, 1, 2))  # no cancellation
+    layer = Conv(2, (5, 5), use_bias=False)
+    xs, ws = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    expected = _reference(Conv, dict(kernel_size=(5, 5)), {"w": ws}, xs)
+    for native in (True, False):
+        monkeypatch.setattr(_backend, "use_native", lambda native=native: native)
+        y, _ = jax.jit(layer.apply)({"w": w}, (), x)
+        assert y.dtype == jnp.bfloat16
+        # Within one unit of bfloat16's last place (2**-7 relative).
+        ulp = np.exp2(np.floor(np.log2(np.abs(expected))) - 7)
+        error = np.abs(np.asarray(y, np.float64) - expected)
+        assert np.all(error <= ulp), (native, float((error / ulp).max()))
+
+
+def test_conv_backward_with_a_kernel_narrower_than_the_input(monkeypatch):
+    # bfloat16 weights on a float32 image: the forward promoted both, the
+    # manual backward handed XLA's convolution float32 dy with the
+    # bfloat16 kernel and died in a bare TypeError (same dtypes required).
+    layer, _, params, state, x = _build(Conv, dict(features=2, kernel_size=3), (5, 2))
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    y, _ = layer.apply(params, state, x)
+    dy = _normal(4, y.shape)
+    for native in (True, False):
+        monkeypatch.setattr(_backend, "use_native", lambda native=native: native)
+        (dparams, dx), (auto_params, auto_dx) = _manual_and_autodiff(layer)(
+            params, x, dy
+        )
+        np.testing.assert_allclose(dx, auto_dx, rtol=1e-5, atol=1e-5)
+        for a, b in zip(
+            jax.tree.leaves(dparams), jax.tree.leaves(auto_params), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=1e-2)
 
 
 def test_conv_promotes_integer_input_like_dense_on_both_paths(monkeypatch):

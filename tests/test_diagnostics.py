@@ -203,3 +203,27 @@ def test_fit_records_diagnostics_of_a_stream_too():
     expected = float(np.mean(np.abs(np.tanh(100.0 * w.sum(0) + b)) >= 0.99))
     assert health == [{"[1]": {"tanh_saturated": expected}}] * 2
     assert result.history["update_ratio"][0] == {"[0]": 0.0, "[2]": 0.0}  # lr 0
+
+
+def test_norms_of_float16_gradients_do_not_overflow():
+    # float16 squares overflow past 65504: a norm of 600 read as inf, and
+    # gradient_flags called a healthy layer "exploding".
+    grads = ({"w": jnp.full((4,), 300.0, jnp.float16)}, ())
+    norms = diagnostics.grad_norms(grads)
+    np.testing.assert_allclose(norms["[0]"], 600.0, rtol=1e-6)
+    assert diagnostics.gradient_flags(norms) == {"[0]": "ok"}
+    ratios = diagnostics.update_ratios(grads, jax.tree.map(lambda g: g / 2, grads))
+    np.testing.assert_allclose(ratios["[0]"], 2.0, rtol=1e-6)
+    per_example = jax.tree.map(lambda g: g[None], grads)
+    np.testing.assert_allclose(backprop.per_example_norms(per_example), [600.0])
+
+
+def test_saturation_thresholds_are_the_slopes_the_docstring_names():
+    # Sigmoid slope s (1 - s) at s = 0.01 is ~4% of its peak 1/4; tanh's
+    # 1 - t**2 at t = 0.99 is ~2% of its peak 1.
+    low, _ = diagnostics.SATURATION["Sigmoid"]
+    np.testing.assert_allclose(low * (1 - low) / 0.25, 0.0396, rtol=1e-9)
+    _, high = diagnostics.SATURATION["Tanh"]
+    np.testing.assert_allclose(1 - high**2, 0.0199, rtol=1e-9)
+    doc = diagnostics.activation_health.__doc__
+    assert "below 4% of its peak" in doc and "below 2%" in doc

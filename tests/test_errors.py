@@ -231,7 +231,10 @@ BAD_INPUTS = [
         "Keras' name of a loss",
         lambda _: train.make_step(L.Dense(3), "categorical_crossentropy", optim.adam()),
         TypeError,
-        r"make_step: loss must be .* write fnn.losses.softmax_cross_entropy",
+        r"make_step: loss must be .* for 'categorical_crossentropy' write "
+        r"fnn.losses.cross_entropy \(the function, no quotes\), on probabilities "
+        r"as Keras' default; on logits \(from_logits=True\) "
+        r"fnn.losses.softmax_cross_entropy",
     ),
     (
         "a string where the optimizer goes",

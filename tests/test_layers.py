@@ -646,3 +646,14 @@ def test_evaluate_refuses_another_model_s_parameters():
     bad_state += state[2:]
     with pytest.raises(ShapeError, match=r"BatchNorm\(\): state\['mean'\] has shape"):
         train.evaluate(model, losses.softmax_cross_entropy, params, bad_state, x, y)
+
+
+@pytest.mark.parametrize("value", [2, None, "no", 0.5])
+def test_use_bias_is_a_bool_or_0_or_1(value):
+    # Dense(use_bias=2) used to build a biased layer without a word.
+    with pytest.raises(
+        TypeError, match=f"Dense: use_bias must be True or False, got {value!r}"
+    ):
+        L.Dense(3, use_bias=value)
+    assert L.Dense(3, use_bias=0).name == "Dense(3, use_bias=False)"
+    assert L.Dense(3, use_bias=np.bool_(True)).name == "Dense(3)"

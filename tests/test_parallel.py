@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from fnn import layers as L
@@ -231,3 +232,37 @@ def test_two_processes_match_one_process_with_batch_norm(tmp_path):
     # one process on its own half, which differs.
     half = one_process(x[:4], y[:4])
     assert not np.allclose(half["losses"], expected["losses"], rtol=1e-3)
+
+
+def test_make_step_takes_a_regularizer_and_refuses_what_train_refuses():
+    # parallel.make_step promised train.make_step's signature, but had no
+    # regularizer= (a TypeError) and let a bad optimizer through to the call.
+    model, params, state, x, y = _small_problem()
+    opt, reg = optim.sgd(0.1), losses.penalty(l2=0.5)
+    out = []
+    for make in (train.make_step, parallel.make_step):
+        p = jax.tree.map(np.array, params)
+        step = make(model, losses.softmax_cross_entropy, opt, regularizer=reg)
+        p, _, _, value = step(p, state, opt.init(p), x, y, None)
+        out.append((p, float(value)))
+    plain = float(losses.softmax_cross_entropy(model.apply(params, state, x)[0], y))
+    np.testing.assert_allclose(out[1][1], plain + float(reg(params)), rtol=1e-6)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out[0][0]), jax.tree.leaves(out[1][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="fnn.parallel.make_step"):
+        parallel.make_step(model, losses.softmax_cross_entropy, "adam")
+
+
+def test_an_optimizer_whose_state_holds_the_params_steps_on_two_devices():
+    # optax.contrib.prodigy's init keeps the very arrays of params; donating
+    # one buffer twice made XLA kill the process (a segmentation fault).
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(jax.random.key(0), (2,))
+    opt = optax.contrib.prodigy()
+    step = parallel.make_step(model, losses.softmax_cross_entropy, opt)
+    x, y = np.ones((4, 2), np.float32), np.array([0, 1, 2, 0])
+    opt_state = opt.init(params)
+    for _ in range(2):
+        params, state, opt_state, loss = step(params, state, opt_state, x, y, None)
+    assert np.isfinite(float(loss))

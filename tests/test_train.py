@@ -421,10 +421,10 @@ def test_fit_rejects_bad_arguments_clearly():
     _, params, state = model.init(KEY, (2,))
     data = (jnp.ones((10, 2)), jnp.zeros(10, jnp.int32))
 
-    def fit(**kwargs):
+    def fit(train_data=data, **kwargs):
         kwargs = {"key": KEY, "epochs": 1, "batch_size": 5, **kwargs}
         train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params,
-                  state, data, **kwargs)  # fmt: skip
+                  state, train_data, **kwargs)  # fmt: skip
 
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         fit(batch_size=0)
@@ -440,6 +440,24 @@ def test_fit_rejects_bad_arguments_clearly():
         fit(epochs=3, initial_epoch=3)
     with pytest.raises(TypeError, match="patience must be an int"):
         fit(patience=2.5)
+    # Truthy strings and numbers used to pick a form or a display silently.
+    with pytest.raises(TypeError, match="fit: scan must be True, False or None"):
+        fit(scan="no")
+    with pytest.raises(TypeError, match="fit: verbose must be True or False, got 2"):
+        fit(verbose=2)  # Keras' one line per epoch: fnn's verbose=True
+    # Bare NumPy, JAX and C errors before: now named, before anything compiles.
+    with pytest.raises(ValueError, match="train_data's x is not a rectangular array"):
+        fit(train_data=([[1.0, 2.0], [3.0]] * 5, [0] * 10))
+    with pytest.raises(TypeError, match="train_data's y must hold numbers, got"):
+        fit(train_data=(np.ones((10, 2)), ["cat"] * 10))
+    from fnn._train_checks import arrays  # NumPy's kind of bfloat16 is "V"
+
+    bf16 = np.ones((10, 2), jnp.bfloat16)
+    assert arrays("fit", (bf16, np.zeros(10, bool)), "train_data")[0] is bf16
+    with pytest.raises(TypeError, match="fit: augment must be a function or None"):
+        fit(augment=True)  # was "'bool' object is not callable", from the trace
+    with pytest.raises(ValueError, match=r"int seed must be in \[-2\*\*63, 2\*\*63\)"):
+        fit(key=2**64)
 
 
 def test_fit_takes_an_int_seed_as_its_key():
@@ -864,3 +882,170 @@ def test_a_nan_target_does_not_hide_an_out_of_range_one():
     ):
         train.fit(model, losses.sigmoid_binary_cross_entropy, optim.sgd(0.1), params,
                   state, (x, y), key=KEY, epochs=1, batch_size=4)  # fmt: skip
+
+
+def test_validation_batches_are_refused_not_read_as_arrays():
+    # [(x0, y0), (x1, y1)] used to be read as x = [x0, y0], y = [x1, y1]: for
+    # an autoencoder (y shaped like x) it evaluated those 2 "examples" of
+    # shape (4, 2) and reported a validation loss of other data.
+    model = L.serial(L.Dense(2))
+    _, params, state = model.init(KEY, (2,))
+    x = np.arange(16, dtype=np.float32).reshape(8, 2) / 16
+    batches = [(x[:4], x[:4]), (x[4:], x[4:])]
+    with pytest.raises(TypeError, match=r"validation_data must be \(x, y\) arrays"):
+        train.fit(model, losses.mse, optim.sgd(0.1), params, state, (x, x), key=KEY,
+                  epochs=1, batch_size=4, validation_data=batches)  # fmt: skip
+
+
+def test_a_streams_train_loss_is_the_mean_over_its_examples():
+    # A stream's last batch is often smaller (memmap_batches keeps it by
+    # default): its 2 examples used to weigh as much as the 4 of each other
+    # batch. With a learning rate of 0 every step sees the start's
+    # parameters, so the epoch's loss is evaluate's on the same examples.
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(10, 2)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    batches = [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])]
+    loss = losses.softmax_cross_entropy
+    expected = train.evaluate(model, loss, params, state, x, y)["loss"]
+    step_mean = np.mean([train.evaluate(model, loss, params, state, *b)["loss"]
+                         for b in batches])  # fmt: skip
+    assert abs(step_mean - expected) > 1e-3  # the old figure is told apart
+    for scan in (True, False):
+        result = train.fit(model, loss, optim.sgd(0.0), params, state, batches,
+                           key=KEY, epochs=1, scan=scan)  # fmt: skip
+        np.testing.assert_allclose(result.history["train_loss"], [expected],
+                                   rtol=1e-6)  # fmt: skip
+
+
+def test_make_step_steps_an_optimizer_whose_state_holds_the_params():
+    # prodigy's init keeps the very arrays of params (params0): donating both
+    # trees donated one buffer twice, and the first step failed with XLA's
+    # "Attempt to donate the same buffer twice".
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    opt = optax.contrib.prodigy()
+    opt_state = opt.init(params)
+    shared = {id(a) for a in jax.tree.leaves(params)}
+    assert any(id(a) in shared for a in jax.tree.leaves(opt_state))
+    x, y = jnp.ones((4, 2)), jnp.array([0, 1, 2, 0])
+    loss = losses.softmax_cross_entropy
+    reference = jax.jit(train._step_fn(model, loss, opt, "autodiff"))(
+        params, state, opt_state, x, y, None
+    )  # not donated: params and opt_state stay valid
+    step = train.make_step(model, loss, opt)
+    kept = jax.tree.map(jnp.copy, params)
+    out = step(params, state, opt_state, x, y, None)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    second = step(*out[:3], x, y, None)  # and on, from its own outputs
+    assert np.isfinite(float(second[3]))
+    assert step.lower(*second[:3], x, y, None).compile() is not None
+    # Sharing missed by the check (here: skipped) is caught from XLA's error.
+    opt_state = opt.init(kept)
+    step.returned = id(opt_state)
+    again = step(kept, state, opt_state, x, y, None)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bar_stays_in_its_brackets_when_a_stream_outruns_its_len(monkeypatch):
+    from fnn import progress
+
+    # A sized stream yielding more batches than len() said: the bar was
+    # drawn past its brackets and the time left went negative ("-1:59:59").
+    assert progress.bar_line(1, 2, 12, 10, 80, rate=2.0) == (
+        "epoch 1/2 12/10 [====================] 2.0 steps/s ETA 0:00"
+    )
+    # An empty list of batches (0 steps) divided by zero on a terminal,
+    # before fit could say "yielded no batches".
+    assert progress.bar_line(1, 2, 0, 0, 80) == "epoch 1/2 0/0"
+    # A terminal reporting 0 columns: lines were cut at [:-1], not to a width.
+    monkeypatch.setattr(progress.os, "get_terminal_size",
+                        lambda *a: progress.os.terminal_size((0, 24)))  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "100")
+
+    class Terminal:
+        def fileno(self):
+            return 2
+
+    assert progress._columns(Terminal()) == 100
+
+
+def test_memmap_batches_refuses_switches_that_are_not_bools(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(4, np.int32))
+    files = (tmp_path / "x.npy", tmp_path / "y.npy")
+    # shuffle="no" used to shuffle: any truthy value read as True.
+    with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
+        data.memmap_batches(*files, 2, shuffle="no")
+    with pytest.raises(TypeError, match="drop_remainder must be True or False"):
+        data.memmap_batches(*files, 3, drop_remainder=1)
+    assert len(list(data.memmap_batches(*files, 3, drop_remainder=np.True_))) == 1
+
+
+def test_a_bfloat16_loss_is_averaged_alike_in_both_epoch_forms():
+    # The looped form kept a bfloat16 loss in bfloat16, and NumPy averaged
+    # the epoch in it: 10048 where the scan (which stores float32) said 10040.
+    model = L.serial(L.Dense(1))
+    _, params, state = model.init(KEY, (3,))
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    y = x.sum(1, keepdims=True) + 100
+
+    def loss(pred, target):
+        return losses.mse(pred, target).astype(jnp.bfloat16)
+
+    def fit(scan):
+        return train.fit(model, loss, optim.sgd(0.0), params, state, (x, y),
+                         key=KEY, epochs=1, batch_size=8, scan=scan)  # fmt: skip
+
+    scanned, looped = fit(True), fit(False)
+    assert looped.history["train_loss"] == scanned.history["train_loss"]
+
+
+def test_validation_targets_the_loss_refuses_stop_fit_before_training():
+    # Validation runs after an epoch: (N, 1) class indices used to be refused
+    # only then, after a whole epoch of training.
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = np.ones((6, 2), np.float32), np.array([0, 1, 2, 0, 1, 2])
+    epochs_run = []
+
+    def stream(epoch):
+        epochs_run.append(epoch)
+        return [(x, y)]
+
+    with pytest.raises(
+        ValueError, match=r"labels must have shape \(6,\).*got \(6, 1\)"
+    ):
+        train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.1), params, state,
+                  stream, key=KEY, epochs=1,
+                  validation_data=(x, y[:, None]))  # fmt: skip
+    assert epochs_run == []
+
+
+def test_fit_refuses_an_opt_state_of_another_optimizer_or_model():
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = np.ones((4, 2), np.float32), np.array([0, 1, 2, 0])
+    adam = optim.adam(1e-2)
+
+    def fit(opt_state):
+        return train.fit(model, losses.softmax_cross_entropy, adam, params, state,
+                         (x, y), key=KEY, epochs=1, batch_size=4,
+                         opt_state=opt_state, scan=False)  # fmt: skip
+
+    # SGD's state resumed under Adam: a bare optax error inside the trace.
+    with pytest.raises(ValueError, match="opt_state does not fit this optimizer"):
+        fit(optim.sgd(0.1).init(params))
+    # Adam's state for a narrower layer: its moments broadcast against the
+    # gradients and the looped form trained on without a word.
+    _, narrow, _ = L.serial(L.Dense(1)).init(KEY, (2,))
+    with pytest.raises(
+        ValueError, match=r"opt_state\[0\].mu\[0\]\['b'\] has shape \(1,\)"
+    ):
+        fit(adam.init(narrow))
+    resumed = fit(adam.init(params))  # the right one still resumes
+    assert np.isfinite(resumed.history["train_loss"][0])

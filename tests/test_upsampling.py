@@ -175,6 +175,35 @@ def test_conv_transpose_known_answers():
     assert up2d.init(KEY, (7, 7, 16))[0] == (14, 14, 1)
 
 
+def test_conv_transpose_same_drops_the_extra_row_at_the_end_like_keras():
+    # k - s odd: the Conv's SAME pads are (0, 1), so the stamped rows are
+    # cropped at the end (TensorFlow/Keras); PyTorch's padding=1,
+    # output_padding=1 crops the start and gives [10, 102, 20, 203, 30, 300].
+    layer = ConvTranspose(1, 3, strides=2, use_bias=False)
+    w = jnp.array([1.0, 10.0, 100.0]).reshape(3, 1, 1)
+    y, _ = layer.apply({"w": w}, (), jnp.array([1.0, 2.0, 3.0]).reshape(1, 3, 1))
+    np.testing.assert_array_equal(y[0, :, 0], [1.0, 10.0, 102.0, 20.0, 203.0, 30.0])
+
+
+def test_conv_transpose_backward_with_a_kernel_narrower_than_the_input(monkeypatch):
+    # bfloat16 weights on a float32 input: XLA's convolution in the manual
+    # backward got float32 dy and the bfloat16 kernel (a bare TypeError).
+    case = next(c for c in TRANSPOSE_CASES if c[0] == "convT-1d-s2-SAME")
+    layer, _, params, state, x = _build(*case[1:])
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    y, _ = layer.apply(params, state, x)
+    dy = _normal(7, y.shape)
+    for native in (True, False):
+        monkeypatch.setattr(_backend, "use_native", lambda native=native: native)
+        _, vjp = jax.vjp(lambda p, xx: layer.apply(p, (), xx)[0], params, x)
+        auto_params, auto_dx = vjp(dy)
+        dparams, dx = layer.backward(params, layer.forward(params, (), x)[2], dy)
+        np.testing.assert_allclose(dx, auto_dx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(dparams["w"], np.float32), auto_params["w"], rtol=1e-2
+        )
+
+
 def test_conv_transpose_native_and_cpu_formulations_agree(monkeypatch):
     case = next(c for c in TRANSPOSE_CASES if c[0] == "convT-2d-s2-SAME")
     layer, _, params, state, x = _build(*case[1:])
@@ -208,6 +237,8 @@ def test_upsample_repeats_like_numpy():
     np.testing.assert_array_equal(y, expected)
     y, _ = Upsample(2).apply((), (), x[:, 0])  # an int factor: 1-D too
     np.testing.assert_array_equal(y, np.repeat(np.asarray(x[:, 0]), 2, axis=1))
+    # A NumPy array of factors is a tuple (it died unpacking it as an int).
+    assert Upsample(np.array([2, 3])).name == "Upsample((2, 3))"
 
 
 def test_global_avg_pool_is_the_spatial_mean():
@@ -248,6 +279,12 @@ def test_names_show_non_default_options():
 def test_bad_options_are_rejected_at_construction(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_conv_transpose_use_bias_must_be_a_bool():
+    # use_bias=None built a layer without a bias, silently.
+    with pytest.raises(TypeError, match=r"ConvTranspose: use_bias must be True or"):
+        ConvTranspose(2, 3, use_bias=None)
 
 
 def test_shape_errors_name_the_layer_at_init_and_under_jit():
