@@ -53,8 +53,10 @@ def load_images(dataset: str):
         try:
             return "mnist", data.mnist()
         except (data.DownloadError, FileNotFoundError) as e:
-            print(f"MNIST is not available ({str(e).splitlines()[0]})")
-            print("falling back to the bundled 8x8 digits (--dataset digits)")
+            # The first line names the failure; the rest lists mirrors.
+            print(f"MNIST is not available:\n  {str(e).splitlines()[0].rstrip(':')}")
+            print("falling back to the bundled 8x8 digits (--dataset digits);")
+            print("  set FNN_DATA_DIR to a folder holding the MNIST files to use them")
             dataset = "digits"
     return dataset, data.digits()
 

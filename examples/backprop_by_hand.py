@@ -26,12 +26,11 @@ import numpy as np
 
 from fnn import backprop, losses
 from fnn import layers as L
-from fnn.protocol import Layer
 
 POINT = (-2.0, 5.0, -4.0)
 
 
-def Add() -> Layer:
+def Add() -> L.Layer:
     """``(x, y, z) -> (q, z)`` with ``q = x + y``. Backward: ``dx = dy = dq``."""
 
     def init(key, input_shape):
@@ -45,10 +44,10 @@ def Add() -> Layer:
         dq, dz = dout[:, 0:1], dout[:, 1:2]
         return (), jnp.concatenate([dq, dq, dz], axis=1)  # dq/dx = dq/dy = 1
 
-    return Layer(init, forward, backward, "Add()")
+    return L.Layer(init, forward, backward, "Add()")
 
 
-def Multiply() -> Layer:
+def Multiply() -> L.Layer:
     """``(q, z) -> f = q z``. Backward: ``dq = z df``, ``dz = q df``."""
 
     def init(key, input_shape):
@@ -61,19 +60,15 @@ def Multiply() -> Layer:
         q, z = cache[:, 0:1], cache[:, 1:2]
         return (), jnp.concatenate([z * df, q * df], axis=1)
 
-    return Layer(init, forward, backward, "Multiply()")
+    return L.Layer(init, forward, backward, "Multiply()")
 
 
 def row(name, by_hand, manual, autodiff):
-    by_hand, manual, autodiff = (
-        np.asarray(a, np.float64) for a in (by_hand, manual, autodiff)
-    )
+    arrays = [np.asarray(a, np.float64) for a in (by_hand, manual, autodiff)]
+    by_hand, manual, autodiff = arrays
     gap = max(np.abs(manual - by_hand).max(), np.abs(autodiff - by_hand).max())
-    print(
-        f"  {name:8s} {np.array2string(by_hand.ravel()[:3], precision=4):>28s} "
-        f"{np.array2string(manual.ravel()[:3], precision=4):>28s} "
-        f"{np.array2string(autodiff.ravel()[:3], precision=4):>28s}   {gap:.1e}"
-    )
+    cells = (np.array2string(a.ravel()[:2], precision=4) for a in arrays)
+    print(f"  {name:6s} " + "  ".join(f"{c:>19s}" for c in cells) + f"  {gap:.1e}")
     return float(gap)
 
 
@@ -87,9 +82,8 @@ def graph_part():
     df_dq = z * df_df
     df_dx = df_dq * 1.0
     df_dy = df_dq * 1.0
-    print(
-        f"1. f = (x + y) z at (x, y, z) = {POINT}: q = x + y = {q:g}, f = q z = {f:g}"
-    )
+    print(f"1. f = (x + y) z at (x, y, z) = {POINT}:")
+    print(f"  forward by hand: q = x + y = {q:g}, f = q z = {f:g}")
 
     graph = L.serial(Add(), Multiply())
     _, params, state = graph.init(jax.random.key(0), (3,))  # no parameters
@@ -149,13 +143,11 @@ def network_part(seed: int, finite_differences: bool):
         (value, _), grads[method] = backprop.value_and_grad(model, losses.mse, method)(
             params, state, xj, tj
         )
+    print("\n2. Dense(4) - Sigmoid - Dense(2), squared error on one example:")
+    print(f"  loss {loss:.6f} by hand, {float(value):.6f} by fnn")
     print(
-        f"\n2. Dense(4) - Sigmoid - Dense(2), squared error on one example: loss "
-        f"{loss:.6f} by hand, {float(value):.6f} by fnn"
-    )
-    print(
-        f"  {'':8s} {'by hand':>28s} {'fnn manual backward':>28s} "
-        f"{'jax.grad':>28s}   max gap"
+        f"  {'':6s} {'by hand':>19s}  {'fnn manual backward':>19s}  "
+        f"{'jax.grad':>19s}  max gap"
     )
     worst = 0.0
     for name, hand, path in (
@@ -167,7 +159,7 @@ def network_part(seed: int, finite_differences: bool):
         manual = grads["manual"][path[0]][path[1]]
         autodiff = grads["autodiff"][path[0]][path[1]]
         worst = max(worst, row(name, hand, manual, autodiff))
-    print("  (first three entries of each; the gap is over all of them)")
+    print("  (first two entries of each; the gap, from by hand, is over all of them)")
     report = backprop.check(
         model, losses.mse, params, state, xj, tj, finite_differences=finite_differences
     )

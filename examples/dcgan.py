@@ -195,9 +195,10 @@ def main(argv=None):
     dist_after = nearest_distance(after, x_train)
     wall = time.perf_counter() - start
     print(
-        f"RMS pixel distance from a sample to its nearest training digit: "
-        f"{dist_before:.3f} at init, {dist_after:.3f} after {steps} steps "
-        f"({args.method} gradients, {wall:.1f} s)"
+        f"RMS pixel distance from a sample to its nearest training digit,\n"
+        f"  mean over {len(after)} samples: {dist_before:.3f} at init, "
+        f"{dist_after:.3f} after {steps} steps\n"
+        f"  ({args.method} gradients, {wall:.1f} s in all)"
     )
     plot(
         x_train[:12],

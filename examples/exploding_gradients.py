@@ -22,6 +22,7 @@ Run: python examples/exploding_gradients.py [--epochs 10] [--plot ...] [--quick]
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 import jax
 import numpy as np
@@ -108,9 +109,9 @@ def main(argv=None):
     )
     norms = [float(v) for v in backprop.grad_norms(grads).values()]
     print(
-        f"\nat the start: loss {float(value):.1f} (log 10 = 2.3 would be a guess), "
-        f"gradient norm {float(optax.tree.norm(grads)):.0f}; per layer from "
-        f"{norms[-1]:.2g} (last) to {norms[0]:.2g} (first)"
+        f"\nat the start: loss {float(value):.1f} (log 10 = 2.3 would be a "
+        f"guess),\n  gradient norm {float(optax.tree.norm(grads)):.0f}; per layer "
+        f"from {norms[-1]:.2g} (last) to {norms[0]:.2g} (first)"
     )
 
     optimizers = {
@@ -144,9 +145,11 @@ def main(argv=None):
             "accuracy": metrics["accuracy"],
             "first_losses": curves[label][:5],
         }
-        print(f"\n{label}: losses of the first steps {np.array(curves[label][:5])}")
-        if result.stopped:
-            print(f"  fit stopped: {result.stopped}")
+        first = ", ".join(f"{v:.4g}" for v in curves[label][:5])
+        print(f"\n{label}: losses of the first steps\n  {first}")
+        if result.stopped:  # fit's sentence, wrapped to the terminal
+            text = f"fit stopped: {result.stopped}"
+            print(textwrap.fill(text, 78, initial_indent="  ", subsequent_indent="  "))
         else:
             print(
                 f"  trained {epochs} epochs: training loss "

@@ -252,8 +252,8 @@ def main(argv=None):
     print(
         f"before training: mean distance to the nearest mode "
         f"{q_before['mean_distance']:.3f}, {q_before['modes_covered']}/{MODES} "
-        f"modes; after {steps} steps ({args.method} gradients, pack {m}, "
-        f"{wall:.1f} s): {q_after['mean_distance']:.3f}, "
+        f"modes;\nafter {steps} steps ({args.method} gradients, pack {m}, "
+        f"{wall:.1f} s): {q_after['mean_distance']:.3f},\n  "
         f"{q_after['good_fraction']:.0%} of samples within {NEAR} of a mode, "
         f"{q_after['modes_covered']}/{MODES} modes"
     )

@@ -3,8 +3,9 @@
 The same MLP, its hand-written gradients first checked against autodiff
 (`fnn.backprop.check`), is trained on the digits with plain gradient
 descent at three learning rates; the training-loss curves go on one figure.
-Too large a rate makes the loss overflow: `fit` stops at the first
-non-finite loss and says where (`result.stopped`).
+Too large a rate (30 here) throws the loss up to hundreds, where a guess
+scores 2.3, and it stays there. Were it to overflow, `fit` would stop at the
+first non-finite loss and say where (`result.stopped`, printed).
 
 Run: python examples/learning_rates.py [--epochs 20] [--plot learning_rates.png]
          [--quick]
@@ -63,7 +64,7 @@ def main(argv=None):
         print(
             f"learning rate {lr:g} ({label}): first epoch loss "
             f"{curves[label][0] if curves[label] else math.nan:.4f}, "
-            f"last {final:.4f} {status}"
+            f"last {final:.4f} {status}".rstrip()
         )
     if plot_path:
         plt = pyplot()

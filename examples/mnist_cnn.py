@@ -118,8 +118,8 @@ def main(argv=None):
     lr = args.lr or lr
     (x_train, y_train), (x_val, y_val) = data.split(x_train, y_train, 0.1)
     print(
-        f"{dataset}: {len(x_train)} training, {len(x_val)} validation (held out "
-        f"of the training set) and {len(x_test)} test images of shape "
+        f"{dataset}: {len(x_train)} training, {len(x_val)} validation (held "
+        f"out of the training set)\n  and {len(x_test)} test images of shape "
         f"{x_train.shape[1:]}"
     )
 
@@ -181,8 +181,8 @@ def main(argv=None):
         results[name] = (result, final, train_time)
         print(
             f"{name}: test accuracy {final['accuracy']:.4f}, test loss "
-            f"{final['loss']:.4f} ({args.method} gradients, {epochs} epochs of "
-            f"{len(x_train)} images: {train_time:.1f} s training, "
+            f"{final['loss']:.4f}\n  ({args.method} gradients, {epochs} epochs of "
+            f"{len(x_train)} images: {train_time:.1f} s training,\n  "
             f"{epoch_times(result.history['time'])})"
         )
     wall = time.perf_counter() - start

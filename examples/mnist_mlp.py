@@ -86,7 +86,7 @@ def main(argv=None):
     (x_train, y_train), (x_val, y_val) = data.split(x_train, y_train, 0.1)
     print(
         f"{dataset}: {len(x_train)} training, {len(x_val)} validation (held "
-        f"out of the training set) and {len(x_test)} test images of shape "
+        f"out of the training set)\n  and {len(x_test)} test images of shape "
         f"{x_train.shape[1:]}"
     )
 
@@ -134,8 +134,8 @@ def main(argv=None):
     final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
     wall = time.perf_counter() - start
     print(
-        f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
-        f"({args.method} gradients, {args.precision}, {epochs} epochs, "
+        f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f}\n"
+        f"  ({args.method} gradients, {args.precision}, {epochs} epochs, "
         f"{wall:.1f} s in all)"
     )
     plot_curves(

@@ -111,9 +111,10 @@ def main(argv=None):
                 params, state, opt_state, x[idx], y[idx], step_key
             )
         acc = train.evaluate(model, loss, params, state, x_test, y_test)["accuracy"]
+        # The last batch's loss and its mean per-example norm before clipping.
         print(
-            f"epoch {epoch:2d}  loss {float(value):.4f}  mean per-example grad "
-            f"norm {float(norm):.3f}  test accuracy {acc:.4f}"
+            f"epoch {epoch:2d}  last batch: loss {float(value):.4f}, mean "
+            f"|grad| {float(norm):.2f} unclipped; test accuracy {acc:.4f}"
         )
     reference = train.fit(
         model,

@@ -137,9 +137,10 @@ def main(argv=None):
     final = train.evaluate(model, loss, result.params, result.state, x_test, y_test)
     wall = time.perf_counter() - start
     print(
-        f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f} "
-        f"({args.method} gradients, {epochs} epochs, shifts up to {shift} pixels "
-        f"and rotations up to 10 degrees; {wall:.1f} s in all)"
+        f"test accuracy {final['accuracy']:.4f}, test loss {final['loss']:.4f}\n"
+        f"  ({args.method} gradients, {epochs} epochs, shifts up to {shift} "
+        f"pixel{'s' * (shift != 1)} and rotations up to 10 degrees; "
+        f"{wall:.1f} s in all)"
     )
     plot_curves(
         result.history, args.plot, f"ResNet on {dataset}, {args.method} gradients"

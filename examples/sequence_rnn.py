@@ -106,7 +106,7 @@ def main(argv=None):
     image_shape = x_train.shape[1:]
     print(
         f"{dataset}: {len(x_train)} training, {len(x_val)} validation and "
-        f"{len(x_test)} test images, read as {image_shape[0]} steps of "
+        f"{len(x_test)} test images,\n  read as {image_shape[0]} steps of "
         f"{image_shape[1]} pixels"
     )
 

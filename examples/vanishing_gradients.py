@@ -14,8 +14,10 @@ batch of the bundled digits:
   the gradient keeps its size through the depth.
 - **residual**: the sigmoid layers again, each wrapped in a skip connection
   ``y = x + sigmoid(x W + b)`` (``fnn.layers.residual``). Its backward is
-  ``dx = dy + (sigmoid' * dy) W^T``: the identity path carries the gradient
-  to the first layer undiminished.
+  ``dx = dy + (sigmoid'(x W + b) * dy) W^T``: the identity path carries the
+  backward signal to the first layer undiminished. (A layer's weight
+  gradient is its input times that signal; the inputs grow along the skips,
+  so the first layer's is still somewhat smaller than the last one's.)
 
 For each network `fnn.backprop.check` first proves the hand-written
 gradients equal to autodiff and finite differences; then the per-layer
@@ -43,17 +45,18 @@ def networks(depth: int, width: int) -> dict[str, L.Layer]:
     """Three ``depth``-layer MLPs of ``width`` units, then Dense(10) logits.
 
     Each hidden layer is one Dense with its activation; in the residual net
-    the first is plain (it changes the width from 64 pixels) and the other
-    ``depth - 1`` are wrapped in skip connections.
+    the first has no skip (it changes the width from the 64 pixels) and the
+    other ``depth - 1`` are wrapped in skip connections.
     """
     glorot, he = initializers.glorot_normal(), initializers.he_normal()
 
     def plain(act, init):
         return [L.serial(L.Dense(width, kernel_init=init), act) for _ in range(depth)]
 
-    first = L.Dense(width, kernel_init=glorot)
+    # y = x + sigmoid(x W + b): the branch is Dense, then Sigmoid.
+    first = L.serial(L.Dense(width, kernel_init=glorot), L.Sigmoid)
     skips = [
-        L.residual(L.Sigmoid, L.Dense(width, kernel_init=glorot))
+        L.residual(L.Dense(width, kernel_init=glorot), L.Sigmoid)
         for _ in range(depth - 1)
     ]
     head = (L.Dense(10, kernel_init=glorot),)
@@ -128,9 +131,9 @@ def main(argv=None):
         f"\nPer-layer gradient norms at init, {args.depth} layers of "
         f"{args.width}, one batch of {len(x)} digits:"
     )
-    print("layer " + "".join(f"{name:>12}" for name in norms))
+    print(f"{'layer':>10}" + "".join(f"{name:>12}" for name in norms))
     for i in range(args.depth):
-        print(f"{i + 1:5d} " + "".join(f"{v[i]:12.3e}" for v in norms.values()))
+        print(f"{i + 1:10d}" + "".join(f"{v[i]:12.3e}" for v in norms.values()))
     print("first/last" + "".join(f"{v[0] / v[-1]:12.1e}" for v in norms.values()))
     for name, v in norms.items():
         print(

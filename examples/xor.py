@@ -198,7 +198,7 @@ def main(argv=None):
             f"learned in {len(errors)} passes: w = ({w[0]:g}, {w[1]:g}), b = {b:g}"
             if learned
             else f"never learned: after {len(errors)} passes still {errors[-1]} of 4 "
-            f"wrong (errors per pass {errors[:8]}...)"
+            f"wrong\n      (errors per pass: {', '.join(map(str, errors[:8]))}, ...)"
         )
         print(f"  {gate:3s} {verdict}")
 
@@ -206,8 +206,8 @@ def main(argv=None):
     _, _, state = model.init(jax.random.key(args.seed), (2,))
     out, _ = model.apply(params, state, x)
     truth_table(
-        "\n2. Hand-set ReLU network: h1 = ReLU(x1+x2), h2 = ReLU(x1+x2-1), "
-        "y = ReLU(h1 - 2 h2)",
+        "\n2. Hand-set ReLU network: h1 = ReLU(x1+x2), h2 = ReLU(x1+x2-1),\n"
+        "   y = ReLU(h1 - 2 h2)",
         x,
         out,
     )
@@ -222,8 +222,8 @@ def main(argv=None):
     correct, ties = decisions(out, y)
     truth_table(
         f"\n3. A single linear neuron after {steps} steps: MSE {value:.4f} (the "
-        f"best line gives 0.25); {correct} of 4 decided correctly, {ties} of 4 "
-        f"ties within {TIE} of 0.5: it cannot learn XOR",
+        f"best line: 0.25);\n   {correct} of 4 decided correctly, {ties} of 4 "
+        f"ties within {TIE} of 0.5 (no line fits XOR)",
         x,
         out,
     )
@@ -232,10 +232,8 @@ def main(argv=None):
     keys = jax.random.split(jax.random.key(args.seed), STARTS)
     _, params, state = net.init(keys[0], (2,))
     loss = losses.sigmoid_binary_cross_entropy
-    print(
-        "\n4. A 2-2-1 tanh network: manual gradients against autodiff and "
-        "finite differences"
-    )
+    checked = "autodiff" if args.quick else "autodiff and finite differences"
+    print(f"\n4. A 2-2-1 tanh network: manual gradients against {checked}")
     report = backprop.check(
         net, loss, params, state, x, y, finite_differences=not args.quick
     )
@@ -259,8 +257,8 @@ def main(argv=None):
     net_correct, net_ties = decisions(prob, y)
     print(
         f"\nTrained from {STARTS} random starts at once ({steps} steps, manual "
-        f"gradients): {len(learned)} of {STARTS} learn XOR (points right per "
-        f"start: {scores})"
+        f"gradients):\n  {len(learned)} of {STARTS} learn XOR (points right per "
+        f"start: {', '.join(map(str, scores))})"
     )
     truth_table(
         f"Start {best}'s sigmoid outputs (loss {float(values[best]):.4f})", x, prob

@@ -21,6 +21,7 @@ query ``q`` and key ``k`` axes.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -190,6 +191,8 @@ def MultiHeadAttention(
     def split(x, what):
         """``(x, context, mask)`` from the input (or its shape); ``context`` is
         ``x`` in self-attention and ``mask`` ``None`` without one."""
+        if what == "shape" and isinstance(x, list) and is_shape(tuple(x)):
+            x = tuple(x)  # a list of ints is one shape, as check_shape reads it
         if len(parts) == 1:
             if isinstance(x, (tuple, list)) and not (what == "shape" and is_shape(x)):
                 raise ShapeError(
@@ -217,7 +220,9 @@ def MultiHeadAttention(
             raise ShapeError(
                 f"{name}: expected mask shape ({s},), one per key, got {m_shape}"
             )
-        glorot = initializers.glorot_uniform()
+        # draw: a zero-width input (d = 0) gives an empty matrix, where
+        # Glorot's fan-in of 0 would divide by zero.
+        glorot = functools.partial(initializers.draw, initializers.glorot_uniform())
         kq, kk, kv, ko = jax.random.split(key, 4)
         params = {
             "w_q": glorot(kq, (d, features), jnp.float32),

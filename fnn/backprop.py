@@ -231,8 +231,10 @@ def value_and_grad(
         if loss_scale is not None:
             dpred = dpred * loss_scale
         grads, _ = model.backward(low_params, cache, dpred.astype(pred.dtype))
-        if compute_dtype is not None:  # back to the master weights' dtypes
-            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        # Back to the (master) weights' dtypes, as autodiff gives them: a
+        # backward's formulas promote (bfloat16 w, float32 x: float32 dw),
+        # and float32 grads of bfloat16 params broke fit's compiled loop.
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         if regularizer is not None:
             grads = jax.tree.map(
                 lambda g, r: g + (scale * r).astype(g.dtype),
@@ -258,6 +260,14 @@ def _zero_cotangent(tree):
         return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
 
     return jax.tree.map(zero, tree)
+
+
+def _like_primal(carrier, d):
+    """``d`` cast to a floating primal's dtype (held by a zero-size
+    ``carrier``); ``None`` and the cotangents of integer inputs unchanged."""
+    if d is None or not jnp.issubdtype(carrier.dtype, jnp.inexact):
+        return d
+    return d.astype(carrier.dtype)
 
 
 def manual_vjp(layer: Layer) -> Layer:
@@ -300,12 +310,17 @@ def manual_vjp(layer: Layer) -> Layer:
 
         def run_fwd(params, state, x, key):
             y, new_state, cache = layer.forward(params, state, x, key=key, train=train)
-            return (y, new_state), (params, state, key, cache)
+            x_dtypes = jax.tree.map(lambda a: jnp.zeros((0,), a.dtype), x)
+            return (y, new_state), (params, state, key, cache, x_dtypes)
 
         def run_bwd(residuals, cotangents):
-            params, state, key, cache = residuals
+            params, state, key, cache, x_dtypes = residuals
             dy, _ = cotangents  # the new state is not differentiated
             dparams, dx = layer.backward(params, cache, dy)
+            # Cotangents in their primals' dtypes, as jax.grad gives them
+            # (a backward's formulas promote: bfloat16 x, float32 w).
+            dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
+            dx = jax.tree.map(_like_primal, x_dtypes, dx)
             return dparams, _zero_cotangent(state), dx, _zero_cotangent(key)
 
         run.defvjp(run_fwd, run_bwd)

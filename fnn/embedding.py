@@ -16,6 +16,7 @@ from fnn.protocol import (
     check_leaves,
     check_positive_int,
     check_shape,
+    layer_name,
 )
 
 
@@ -68,7 +69,9 @@ def Embedding(vocab_size: int, features: int, embedding_init=None) -> Layer:
     """
     vocab_size = check_positive_int("Embedding", "vocab_size", vocab_size)
     features = check_positive_int("Embedding", "features", features)
-    name = f"Embedding({vocab_size}, {features})"
+    name = layer_name(
+        "Embedding", (vocab_size, features), [("embedding_init", embedding_init, None)]
+    )
     if embedding_init is None:
         embedding_init = initializers.normal(stddev=1.0 / math.sqrt(features))
 

@@ -195,7 +195,12 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         else:
             inv = jax.lax.rsqrt(state["var"] + eps)
             x_hat = (x - per_channel(state["mean"], x.ndim)) * per_channel(inv, x.ndim)
-            new_state, cache = state, {"running": (x_hat, inv)}
+            y = _affine(params, x_hat)  # wide: x_hat is not bounded here
+            if jnp.issubdtype(x.dtype, jnp.floating):
+                # The dtypes of training: the float32 state must not widen y.
+                x_hat = x_hat.astype(x.dtype)
+                y = y.astype(jnp.result_type(x_hat, params["w"], params["b"]))
+            return y, state, {"running": (x_hat, inv)}
         return _affine(params, x_hat), new_state, cache
 
     def backward(params, cache, dy):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnn.protocol import BATCH_AXIS_HINT, Layer, is_shape
+from fnn.protocol import BATCH_AXIS_HINT, Layer, ShapeError, is_shape
 
 
 def _param_shapes(layer: Layer, input_shape):
@@ -36,7 +36,8 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
       input_shape: the per-example input shape (no batch axis).
 
     Raises:
-      ValueError: naming the model and the first leaf that differs.
+      ShapeError: (a ValueError) naming the model and the first leaf that
+        differs, as the layers themselves raise for parameters of another model.
       TypeError: naming a parameter leaf that is not floating point (an
         integer ``w`` has no gradient: autodiff failed with a bare JAX
         error, the manual method returned float gradients for it).
@@ -50,7 +51,7 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
       >>> check_params(Dense(2), params, (), (4,))  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      ValueError: Dense(2): params['w'] has shape (3, 2), ... needs (4, 2)
+      fnn.protocol.ShapeError: Dense(2): params['w'] has shape (3, 2), ... needs (4, 2)
     """
     want_params, want_state = _param_shapes(layer, input_shape)
     for what, got, want in (
@@ -64,7 +65,7 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
         if got_paths != want_paths:
             missing = [p for p in want_paths if p not in got_paths]
             extra = [p for p in got_paths if p not in want_paths]
-            raise ValueError(
+            raise ShapeError(
                 f"{layer.name}: {what} do not match the model: missing "
                 f"{missing[:3] or 'nothing'}, unexpected {extra[:3] or 'nothing'}. "
                 f"Were they made by another model's init?"
@@ -80,7 +81,7 @@ def check_params(layer: Layer, params, state, input_shape) -> None:
                 )
             if tuple(jnp.shape(g)) != tuple(w.shape):
                 hint = batch_axis_hint(layer, params, state, input_shape)
-                raise ValueError(
+                raise ShapeError(
                     f"{layer.name}: {what}{jax.tree_util.keystr(path)} has shape "
                     f"{tuple(jnp.shape(g))}, but for input shape {input_shape} the "
                     f"model needs {tuple(w.shape)}" + (f"; {hint}" if hint else "")

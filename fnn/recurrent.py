@@ -54,7 +54,10 @@ def _init_params(name, key, input_shape, hidden, gates):
         for k in jax.random.split(key_h, gates)
     ]
     params = {
-        "w_x": initializers.glorot_uniform()(key_x, (d, gates * hidden), jnp.float32),
+        # draw: zeros for d = 0, where Glorot's fan-in of 0 divides by zero.
+        "w_x": initializers.draw(
+            initializers.glorot_uniform(), key_x, (d, gates * hidden)
+        ),
         "w_h": jnp.concatenate(w_h, axis=1),
         "b": jnp.zeros((gates * hidden,), jnp.float32),
     }

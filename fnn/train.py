@@ -141,12 +141,14 @@ class FitResult(NamedTuple):
     - ``"train_loss"``: the mean loss over the epoch's training examples:
       its step losses (each computed in training mode, before its step's
       update) weighted by their batch sizes, which only differ in a stream
-      (e.g. its last, partial batch);
+      (e.g. its last, partial batch); with a ``regularizer`` the step's
+      objective, loss plus penalty, is what is averaged;
     - ``"time"``: seconds the epoch's steps took (validation excluded;
       the first epoch of a ``fit`` includes compiling);
     - ``"val_loss"``, ``"val_accuracy"``: with ``validation_data``, the
       evaluation after the epoch (``val_accuracy`` is NaN when the loss has
-      no accuracy, e.g. ``mse``);
+      no accuracy, e.g. ``mse``); the loss alone, without any regularizer's
+      penalty, so it says how well the model fits the held-out data;
     - ``"loss_scale"``, ``"skipped_steps"``: with
       :func:`fnn.optim.dynamic_loss_scale`, the scale after the epoch and
       the steps skipped for overflow so far;

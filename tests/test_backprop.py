@@ -425,3 +425,31 @@ def test_a_per_example_loss_is_refused_with_what_to_write(method):
     with pytest.raises(ValueError, match=r"returned shape \(4,\), not a scalar.*"
                        r"jnp.mean\(loss\(p, y\)\)"):  # fmt: skip
         f(params, state, jnp.ones((4, 2)), jnp.array([0, 1, 2, 0]))
+
+
+def test_another_models_params_raise_shape_error_through_value_and_grad():
+    # apply raised ShapeError, value_and_grad a plain ValueError: an
+    # `except ShapeError` missed one of the two for the same mistake.
+    from fnn.protocol import ShapeError
+
+    model = L.serial(L.Dense(4))
+    _, params, state = L.serial(L.Dense(5)).init(KEY, (2,))
+    f = backprop.value_and_grad(model, losses.mse)
+    x, y = jnp.ones((3, 2)), jnp.ones((3, 4))
+    with pytest.raises(ShapeError, match=r"params\[0\]\['b'\] has shape \(5,\)"):
+        f(params, state, x, y)
+    with pytest.raises(ShapeError):
+        model.apply(params, state, x)
+
+
+def test_a_report_without_finite_differences_leaves_their_columns_out():
+    # Their columns held only nan and "-", and pushed rows past 80 columns.
+    model = L.serial(L.Dense(4), L.Tanh, L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = jnp.ones((4, 2)), jnp.array([0, 1, 2, 0])
+    loss = losses.softmax_cross_entropy
+    report = backprop.check(model, loss, params, state, x, y, finite_differences=False)
+    text = str(report)
+    assert "autodiff-fd" not in text and "nan" not in text, text
+    assert max(map(len, text.splitlines())) <= 80, text
+    assert "[0]['w']  (2, 4)" in text and "yes  manual abs" in text

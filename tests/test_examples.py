@@ -98,6 +98,7 @@ def test_xor_perceptron_ties_and_hidden_space(capsys):
         "mse": pytest.approx(0.25, abs=1e-3),
     }
     assert "0 of 4 decided correctly, 4 of 4 ties" in out
+    assert not narrow(out)
     assert r["network"]["learned"] >= 1 and r["network"]["correct"] == 4
     np.testing.assert_allclose(r["network"]["prob"].ravel(), [0, 1, 1, 0], atol=0.05)
     assert wrote("xor.png")
@@ -192,15 +193,34 @@ def test_backprop_by_hand_agrees_three_ways(capsys):
     for line in ("df/dx          -4                   -4         -4",
                  "df/dz           3                    3          3"):  # fmt: skip
         assert line in out
+    assert not narrow(out)
+
+
+def narrow(out, columns=80):
+    """Lines of ``out`` wider than ``columns``, but for backprop.check's table."""
+    table = re.compile(r"^(\[|leaf )")
+    return [s for s in out.splitlines() if len(s) > columns and not table.match(s)]
 
 
 @pytest.mark.slow
-def test_universal_approximation_improves_with_width():
+def test_universal_approximation_improves_with_width(capsys):
     r = quick("universal_approximation", "--plot", "ua.png")
     errors = r["errors"]
     assert list(errors) == [1, 4, 16]
     assert errors[16]["rms"] < errors[4]["rms"] < 0.5 * errors[1]["rms"]
+    assert "it fell at every widening" in capsys.readouterr().out
     assert wrote("ua.png")
+
+
+def test_universal_approximation_verdict_is_computed_from_the_errors():
+    path = str(EXAMPLES / "universal_approximation.py")
+    verdict = runpy.run_path(path, run_name="example")["width_verdict"]
+    rms = {1: 0.5, 2: 0.3, 4: 0.4, 8: 0.1}
+    said = verdict({w: {"rms": e} for w, e in rms.items()})
+    assert said.endswith("it did not fall from width 2 to 4"), said
+    assert "0.5 at width 1, 0.1 at width 8" in said
+    falling = verdict({1: {"rms": 0.5}, 2: {"rms": 0.3}})
+    assert falling.endswith("it fell at every widening")
 
 
 @pytest.mark.slow

@@ -48,6 +48,33 @@ def test_vanishing_gradients(tmp_path):
     assert 0.1 < ratio["relu"] < 10 and 0.1 < ratio["residual"] < 10
 
 
+def test_vanishing_gradients_residual_layers_are_x_plus_sigmoid_of_dense():
+    # The residual net once wrapped residual(Sigmoid, Dense): x + sigmoid(x) W + b,
+    # not the x + sigmoid(x W + b) its docstring (and the sigmoid net) has.
+    import jax
+    import numpy as np
+
+    from fnn import data
+
+    networks = runpy.run_path(
+        str(EXAMPLES / "vanishing_gradients.py"), run_name="example"
+    )["networks"]
+    net = networks(3, 4)["residual"]
+    x = data.digits()[0][0][:5]
+    _, params, state = net.init(jax.random.key(0), x.shape[1:])
+    p = jax.tree.map(np.asarray, params)
+
+    def sigmoid(a):
+        return 1 / (1 + np.exp(-a))
+
+    h = sigmoid(x.reshape(5, -1) @ p[1][0]["w"] + p[1][0]["b"])  # no skip
+    for layer in p[2:4]:  # y = x + sigmoid(x W + b)
+        h = h + sigmoid(h @ layer[0]["w"] + layer[0]["b"])
+    expected = h @ p[4]["w"] + p[4]["b"]
+    out, _ = net.apply(params, state, x)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_autoencoder(tmp_path):
     r = run("autoencoder", tmp_path)
@@ -70,9 +97,12 @@ def test_sequence_rnn(tmp_path):
 
 
 @pytest.mark.slow
-def test_transformer(tmp_path):
+def test_transformer(tmp_path, capsys):
     r = run("transformer", tmp_path, "--method", "manual")
     assert r["token_accuracy"] >= 0.99
+    # 250 x 128 draws of 10**5 sequences: held out is not unseen, and says so.
+    out = capsys.readouterr().out
+    assert "~27.4% of them are expected\n  among the 32,000 training draws" in out
     assert r["steps_trained"] == r["steps"]
 
 
@@ -125,7 +155,7 @@ def test_dcgan_generator_moves_towards_digits(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("all leaves agree") == 2  # D, and serial(G, D)
-    found = re.search(r"digit: ([\d.]+) at init, ([\d.]+) after 60 steps", out.stdout)
+    found = re.search(r"samples: ([\d.]+) at init, ([\d.]+) after 60 steps", out.stdout)
     before, after = float(found.group(1)), float(found.group(2))
     assert after < 0.8 * before
     assert plot.stat().st_size > 1000

@@ -1049,3 +1049,20 @@ def test_fit_refuses_an_opt_state_of_another_optimizer_or_model():
         fit(adam.init(narrow))
     resumed = fit(adam.init(params))  # the right one still resumes
     assert np.isfinite(resumed.history["train_loss"][0])
+
+
+def test_train_loss_holds_the_penalty_and_val_loss_does_not():
+    # As the docstring says; a learning rate of 0 keeps the params where the
+    # formulas below are evaluated.
+    model = L.serial(L.Dense(3))
+    _, params, state = model.init(KEY, (2,))
+    x, y = np.asarray(jax.random.normal(KEY, (8, 2))), np.array([0, 1, 2, 0] * 2)
+    penalty = losses.penalty(l2=0.5)
+    result = train.fit(model, losses.softmax_cross_entropy, optim.sgd(0.0), params,
+                       state, (x, y), key=KEY, epochs=1, batch_size=8,
+                       validation_data=(x, y), regularizer=penalty)  # fmt: skip
+    fit_loss = float(losses.softmax_cross_entropy(model.apply(params, state, x)[0], y))
+    np.testing.assert_allclose(result.history["val_loss"][0], fit_loss, rtol=1e-6)
+    with_penalty = fit_loss + float(penalty(params))
+    np.testing.assert_allclose(result.history["train_loss"][0], with_penalty, rtol=1e-6)
+    assert float(penalty(params)) > 0.1  # the two differ by much more than rtol
