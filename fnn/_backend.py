@@ -4,13 +4,16 @@ The layers state their maths once (``fnn.conv``, ``fnn.pool``) and call the
 functions below for the pieces that have a measured-faster formulation on
 some backend. The choice is made at trace time:
 
-- convolution forward: on CPU im2col ``patches @ w`` (per-offset products
-  for one input channel), with a JVP whose transpose is fast
-  (:mod:`fnn._cpu`); elsewhere ``lax.conv_general_dilated``
+- convolution forward: on CPU, for a 3x3 stride-1 kernel with 16 channels
+  or more in and out (float32, float64), Winograd's F(2x2, 3x3)
+  (:mod:`fnn._winograd`); otherwise im2col ``patches @ w`` (per-offset
+  products for one input channel); either with a JVP whose transpose is
+  fast (:mod:`fnn._cpu`); elsewhere ``lax.conv_general_dilated``
   (:mod:`fnn._native`);
-- convolution ``dw``: on CPU ``patches^T @ dy``; elsewhere a
-  ``conv_general_dilated``;
-- convolution ``dx``: XLA's transposed convolution on every backend;
+- convolution ``dw``: on CPU Winograd's where it applies, else
+  ``patches^T @ dy``; elsewhere a ``conv_general_dilated``;
+- convolution ``dx``: on CPU Winograd's where it applies; otherwise XLA's
+  transposed convolution, on every backend;
 - max pool forward: on CPU ``sum_k where(winner == k, view_k, 0)``, whose
   autodiff is the manual backward's formula; elsewhere ``reduce_window``.
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import jax
 
-from fnn import _cpu, _native
+from fnn import _cpu, _native, _winograd
 
 
 def use_native() -> bool:
@@ -43,14 +46,19 @@ def conv(x, w, strides, pads):
 def conv_weight_grad(x, dy, window, strides, pads):
     """``dw[k, c, f] = sum_{n, o} x_pad[n, o*s + k, c] dy[n, o, f]``, shaped
     ``(*window, C, F)``."""
-    grad = _native.conv_weight_grad if use_native() else _cpu.conv_weight_grad
-    return grad(x, dy, window, strides, pads)
+    if use_native():
+        return _native.conv_weight_grad(x, dy, window, strides, pads)
+    if _winograd.applies((*window, x.shape[-1], dy.shape[-1]), strides, x.dtype):
+        return _winograd.conv_weight_grad(x, dy, pads)
+    return _cpu.conv_weight_grad(x, dy, window, strides, pads)
 
 
 def conv_transpose(dy, w, strides, edges):
     """``dx[n, p, c] = sum_{o*s + k = p + lo} sum_f dy[n, o, f] w[k, c, f]``:
-    XLA's transposed convolution on every backend (on CPU it beat both
-    matmul formulations of it)."""
+    Winograd's on CPU where it applies, else XLA's transposed convolution
+    (on CPU it beat both matmul formulations of it)."""
+    if not use_native() and _winograd.applies(w.shape, strides, dy.dtype):
+        return _winograd.conv_transpose(dy, w, edges)
     return _native.conv_transpose(dy, w, strides, edges)
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from fnn import _native
+from fnn import _native, _winograd
 from fnn._windows import max_winner, offsets, out_spatial, pad_spatial, shifted
 
 # Up to this many input channels the forward is a sum of per-offset matmuls
@@ -77,8 +77,8 @@ def _patches_times(x, w, strides, pads):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv(x, w, strides, pads):
     """The convolution, ``(N, *spatial, C) -> (N, *out, F)``: per-offset
-    products up to ``OFFSET_SUM_MAX_CHANNELS`` input channels,
-    ``patches @ w`` above.
+    products up to ``OFFSET_SUM_MAX_CHANNELS`` input channels, Winograd's
+    F(2x2, 3x3) where :func:`fnn._winograd.applies`, ``patches @ w`` else.
 
     Its JVP is the product rule of a bilinear map, ``conv(dx, w) +
     conv(x, dw)``, with each term written in the formulation whose
@@ -88,7 +88,10 @@ def conv(x, w, strides, pads):
     - ``conv(dx, w)`` as XLA's convolution, which transposes to XLA's
       transposed convolution for ``dx`` (the op the manual backward uses);
     - ``conv(x, dw)`` as ``patches(x) @ dw``, which transposes to one
-      matmul, ``patches^T @ dy``.
+      matmul, ``patches^T @ dy``;
+    - with Winograd, each term as the transpose of Winograd's ``dx`` or
+      ``dw`` (:func:`fnn._winograd.conv_tangent_x`, ``conv_tangent_w``),
+      which JAX transposes back to those two.
 
     Nothing here is a hand-written backward: JAX still transposes the JVP
     itself, and ``backprop.check`` compares the result with ``Conv``'s
@@ -96,6 +99,8 @@ def conv(x, w, strides, pads):
     """
     if x.shape[-1] <= OFFSET_SUM_MAX_CHANNELS:
         return _conv_by_offsets(x, w, strides, pads)
+    if _winograd.applies(w.shape, strides, x.dtype):
+        return _winograd.conv(x, w, pads)
     return _conv_by_patches(x, w, strides, pads)
 
 
@@ -104,11 +109,18 @@ def _conv_jvp(strides, pads, primals, tangents):
     x, w = primals
     dx, dw = tangents
     y = conv(x, w, strides, pads)
+    winograd = _winograd.applies(w.shape, strides, y.dtype)
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(_native.conv(dx, w, strides, pads))
+        if winograd:
+            terms.append(_winograd.conv_tangent_x(dx, w, pads, y))
+        else:
+            terms.append(_native.conv(dx, w, strides, pads))
     if not isinstance(dw, SymbolicZero):
-        terms.append(_patches_times(x, dw, strides, pads))
+        if winograd:
+            terms.append(_winograd.conv_tangent_w(x, dw, pads, y))
+        else:
+            terms.append(_patches_times(x, dw, strides, pads))
     if not terms:
         return y, jnp.zeros_like(y)
     return y, sum(terms[1:], terms[0])

@@ -145,8 +145,9 @@ def Conv(
     the contracted axis); ``dx`` is the transposed convolution: ``dy``
     dilated by ``s``, padded by ``_windows.transpose_pads``, correlated with
     the kernel flipped in space and with ``C`` and ``features`` swapped.
-    :mod:`fnn._backend` picks the formulation of each piece (im2col matmuls
-    on CPU, XLA's convolutions elsewhere).
+    :mod:`fnn._backend` picks the formulation of each piece (on CPU
+    Winograd's F(2x2, 3x3) for 3x3 stride-1 kernels with 16 channels or
+    more, im2col matmuls otherwise; XLA's convolutions elsewhere).
 
     Args:
       features: output channels, a positive int.

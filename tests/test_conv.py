@@ -443,9 +443,10 @@ def test_padding_is_case_insensitive_and_names_show_options():
     + [
         (Conv, dict(features=3, kernel_size=(3, 2), strides=s), (6, 7, 1))
         for s in (1, 2)  # one input channel: the per-offset forward
-    ],
+    ]
+    + [(Conv, dict(features=16, kernel_size=(3, 3)), (5, 4, 16))],  # Winograd
     ids=[c[0] for c in CASES if c[1] is not AvgPool]
-    + ["conv-2d-c1-s1", "conv-2d-c1-s2"],
+    + ["conv-2d-c1-s1", "conv-2d-c1-s2", "conv-2d-winograd"],
 )
 def test_native_and_cpu_formulations_agree(monkeypatch, constructor, options, shape):
     # fnn._backend picks at trace time: the tests run on CPU, so the table above
@@ -470,13 +471,14 @@ def test_native_and_cpu_formulations_agree(monkeypatch, constructor, options, sh
         (dict(features=3, kernel_size=(3, 3)), (5, 6, 2)),  # patches forward
         (dict(features=3, kernel_size=(3, 2), strides=2), (6, 7, 1)),  # offsets
         (dict(features=2, kernel_size=3, padding="VALID"), (7, 3)),  # 1-D
+        (dict(features=16, kernel_size=(3, 3)), (5, 4, 16)),  # Winograd
     ],
-    ids=["2d-c2", "2d-c1-s2", "1d-valid"],
+    ids=["2d-c2", "2d-c1-s2", "1d-valid", "2d-winograd"],
 )
 def test_cpu_conv_jvp_and_second_order_match_native(monkeypatch, options, shape):
     # On CPU the forward carries a product-rule JVP (conv(dx, w) + patches(x)
-    # @ dw); forward mode and derivatives of derivatives must still be the
-    # convolution's, as XLA's own op gives them.
+    # @ dw, or Winograd's terms); forward mode and derivatives of derivatives
+    # must still be the convolution's, as XLA's own op gives them.
     layer, _, params, state, x = _build(Conv, options, shape)
     tangents = jax.tree.map(lambda a: _normal(3, a.shape), (params, x))
 
