@@ -18,13 +18,17 @@ matrix products ``V[k] (T, C) @ U[k] (C, F)`` over all ``T`` tiles at once:
 are smaller than im2col's patches (9). The transforms are sums and
 differences, fused by XLA into loops that read the input once.
 
-The weight gradient and the transposed convolution have the same shape:
-``dw = G^T [ sum_tiles V (A dY A^T) ] G`` (the forward transposed with
-respect to ``w``) and ``dx`` is the forward of ``dy`` with the kernel
-flipped and ``C``, ``F`` swapped. All three agree with the direct
-convolution to float32 rounding (the transforms add at most four terms and
-scale by 1/2 and 1/4; ``tests/test_winograd.py`` bounds the difference); 16-bit
-floats keep im2col, whose matmul accumulates in float32.
+The gradients are the forward transposed. With ``dM = A dY A^T`` per tile
+(``dy``'s 2x2 blocks), shared by both::
+
+    dw = G^T [ sum_tiles V^T dM ] G     16 products (C, T) @ (T, F)
+    dx = B [ dM U^T ] B^T per tile      16 products (T, F) @ (F, C)
+
+the ``dx`` tiles, which overlap by two rows, added up onto ``x``. All three
+agree with the direct convolution to float32 rounding (the transforms add
+at most four terms and scale by 1/2 and 1/4; ``tests/test_winograd.py``
+bounds the difference); 16-bit floats keep im2col, whose matmul
+accumulates in float32.
 
 Shapes: ``x`` is ``(N, H, W, C)``, ``w`` is ``(3, 3, C, F)``, ``dy`` is
 ``(N, H', W', F)``; tile ``(i, j)`` covers padded rows ``2i .. 2i + 3`` and
@@ -42,9 +46,9 @@ from jax import lax
 from fnn._windows import out_spatial, pad_spatial, transpose_pads
 
 WINDOW = (3, 3)
-# Conv vjp (forward, dx, dw) at 28x28, batch 64, against im2col: 8 -> 32
-# channels 1.6x slower, 16 -> 16 and 16 -> 64 a tie, 24 -> 24 and 16 -> 32
-# faster, 32 -> 32 and 64 -> 64 1.6-1.75x faster (benchmarks/README.md).
+# Conv vjp (forward, dx, dw) at 28x28, batch 64, ms against im2col's:
+# 8 -> 32 channels 8.0 against 6.7 (slower), 16 -> 16 7.2 / 8.4,
+# 16 -> 64 15.0 / 23.0, 32 -> 32 17.8 / 31.0 (benchmarks/README.md).
 MIN_CHANNELS = 16
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -92,6 +96,11 @@ def _a(d0, d1):
     return d0, d0 + d1, d0 - d1, -d1
 
 
+def _b(z0, z1, z2, z3):
+    """``B`` applied to four rows (the transpose of ``_bt``)."""
+    return z0, z1 - z2 + z3, z1 + z2 - z0, -z3
+
+
 def input_transform(x, pads, tiles):
     """``V[4a + b, t, c] = (B^T d_t B)[a, b]`` for every 4x4 tile ``d_t`` of
     ``x`` padded by ``pads`` (and with zeros up to ``2 tiles + 2``):
@@ -108,6 +117,40 @@ def input_transform(x, pads, tiles):
     # one by one and then copied (4.5 ms more in the CNN step).
     v = [jnp.stack(_bt(*row)) for row in zip(*rows)]  # v[a] = (B^T d B)[a, :]
     return jnp.stack(v).reshape(16, -1, x.shape[-1])
+
+
+def input_transform_adjoint(z, spatial, pads, tiles):
+    """``B Z_t B^T`` per tile, the tiles (which overlap by two rows) added up
+    onto ``x_pad`` and cropped to ``x``, the transpose of
+    :func:`input_transform`: ``(16, T, C) -> (N, *spatial, C)``."""
+    th, tw = tiles
+    z = z.reshape(4, 4, -1, th, tw, z.shape[-1])
+    cols = [_b(*col) for col in zip(*z)]  # cols[b][i] = (B Z)[i, b]
+    p = [_b(*row) for row in zip(*cols)]  # p[i][j] = (B Z B^T)[i, j]
+
+    # x_pad row 2t + r gathers entry r of tile t and entry r + 2 of tile
+    # t - 1: that tile's entries, padded in by one tile at the low edge.
+    def from_tile(entry, up, left):
+        edges = [(1, 0) if up else (0, 1), (1, 0) if left else (0, 1)]
+        return pad_spatial(entry, edges, 0.0)
+
+    blocks = [
+        [
+            from_tile(p[r][q], 0, 0)
+            + from_tile(p[r + 2][q], 1, 0)
+            + from_tile(p[r][q + 2], 0, 1)
+            + from_tile(p[r + 2][q + 2], 1, 1)
+            for q in range(2)
+        ]
+        for r in range(2)
+    ]
+    xp = jnp.stack([jnp.stack(row, 3) for row in blocks], 2)
+    xp = xp.reshape(xp.shape[0], 2 * th + 2, 2 * tw + 2, -1)
+    crop = [
+        (-lo, n + lo - 2 * t - 2)
+        for n, t, (lo, _) in zip(spatial, tiles, pads, strict=True)
+    ]
+    return pad_spatial(xp, crop, 0.0)
 
 
 def kernel_transform(w):
@@ -172,10 +215,25 @@ def conv_weight_grad(x, dy, pads):
 
 
 def conv_transpose(dy, w, edges):
-    """``dx[n, p, c] = sum_{o + k = p + lo} sum_f dy[n, o, f] w[k, c, f]``:
-    the forward of ``dy`` padded by ``edges`` (``_windows.transpose_pads``)
-    with the kernel flipped and ``C``, ``F`` swapped."""
-    return conv(dy, jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3), edges)
+    """``dx[n, p, c] = sum_{o + k = p + lo} sum_f dy[n, o, f] w[k, c, f]``,
+    the forward transposed with respect to ``x``: ``B [(A dY A^T) U^T] B^T``
+    per tile, added up onto ``x``. ``edges`` are the transposed
+    convolution's pads (``_windows.transpose_pads``), from which the
+    forward's pads and ``x``'s size follow: ``lo = 2 - edge_lo``,
+    ``n = edge_hi - lo + out``."""
+    out = dy.shape[1:3]
+    tiles = _tiles(out)
+    pads, spatial = [], []
+    for o, (e_lo, e_hi) in zip(out, edges, strict=True):
+        lo = 2 - e_lo
+        n = e_hi - lo + o
+        pads.append((lo, o + 2 - n - lo))
+        spatial.append(n)
+    # U^T as the transform of w^T, a (16, F, C) array of its own: as
+    # U transposed, YNNPACK read it across rows (4.8 ms against 2.5).
+    u_t = kernel_transform(jnp.swapaxes(w, 2, 3))
+    z = output_transform_adjoint(dy, tiles) @ u_t
+    return input_transform_adjoint(z, spatial, pads, tiles)
 
 
 def _transposed(linear, input_like, value):
