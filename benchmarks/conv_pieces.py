@@ -19,7 +19,10 @@ backend decides, and times both side by side, interleaved, in one process:
 Beside each time: the piece's matmul/conv FLOPs (``2 N prod(out) |K| C F``
 per conv product; pooling has none) as GFLOP/s and as a share of the
 probe's rate, so the gap of each piece to the machine's matmul speed has a
-number.
+number. These are the direct convolution's FLOPs whatever runs: on CPU fnn
+computes 14x14x32->64 by Winograd's F(2x2, 3x3) (``fnn._winograd``), 16/36
+of those multiplies, so its share reads as the rate a direct convolution
+would need to match it.
 
 Usage (from the repository root)::
 
