@@ -13,6 +13,7 @@ from fnn import _backend, _native, _winograd, backprop
 from fnn._windows import pads as window_pads
 from fnn._windows import transpose_pads
 from fnn.conv import Conv
+from fnn.conv_transpose import ConvTranspose
 
 KEY = jax.random.key(0, impl="rbg")
 
@@ -123,6 +124,22 @@ def test_conv_layer_backward_through_winograd_matches_autodiff_and_fd(padding):
     x = jnp.asarray(_normal(7, (2, 5, 6, 16)), jnp.float32)
     report = backprop.check_layer(layer, params, state, x)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_transpose_layer_through_winograd_matches_xla(monkeypatch, padding):
+    # ConvTranspose's forward is the transposed convolution and its backward
+    # a convolution and a weight gradient: all three are Winograd's here.
+    layer = ConvTranspose(17, (3, 3), padding=padding)
+    _, params, state = layer.init(KEY, (4, 5, 16))
+    x = jnp.asarray(_normal(8, (2, 4, 5, 16)), jnp.float32)
+    report = backprop.check_layer(layer, params, state, x)
+    assert report.ok, str(report)
+    outputs = {}
+    for native in (True, False):
+        monkeypatch.setattr(_backend, "use_native", lambda native=native: native)
+        outputs[native] = jax.jit(layer.apply)(params, state, x)[0]
+    np.testing.assert_allclose(outputs[False], outputs[True], rtol=1e-5, atol=1e-5)
 
 
 def test_both_gradient_methods_use_winograd_and_no_xla_convolution():
