@@ -28,7 +28,9 @@ the ``dx`` tiles, which overlap by two rows, added up onto ``x``. All three
 agree with the direct convolution to float32 rounding (the transforms add
 at most four terms and scale by 1/2 and 1/4; ``tests/test_winograd.py``
 bounds the difference); 16-bit floats keep im2col, whose matmul
-accumulates in float32.
+accumulates in float32. A NaN reaches the same outputs as in the direct
+convolution, but an infinite input mostly gives NaN where that gives
+``+-inf``: the transforms subtract inputs that the products add back.
 
 Shapes: ``x`` is ``(N, H, W, C)``, ``w`` is ``(3, 3, C, F)``, ``dy`` is
 ``(N, H', W', F)``; tile ``(i, j)`` covers padded rows ``2i .. 2i + 3`` and
@@ -74,6 +76,12 @@ def _tiles(out):
     return tuple((o + 1) // 2 for o in out)
 
 
+def _count(a, tiles):
+    """``T``, the tiles of a batch ``a``: written out, as an empty batch
+    leaves ``reshape``'s ``-1`` undetermined."""
+    return a.shape[0] * tiles[0] * tiles[1]
+
+
 def _every_other(a, start, tiles):
     """``a[:, start + 2 i, ...]`` for ``i < tiles`` on both spatial axes of
     ``(N, H, W, C)``: one entry of every tile, ``(N, *tiles, C)``."""
@@ -116,7 +124,7 @@ def input_transform(x, pads, tiles):
     # the sums, where one stack of 16 was left unfused, its pieces computed
     # one by one and then copied (4.5 ms more in the CNN step).
     v = [jnp.stack(_bt(*row)) for row in zip(*rows)]  # v[a] = (B^T d B)[a, :]
-    return jnp.stack(v).reshape(16, -1, x.shape[-1])
+    return jnp.stack(v).reshape(16, _count(x, tiles), x.shape[-1])
 
 
 def input_transform_adjoint(z, spatial, pads, tiles):
@@ -124,7 +132,7 @@ def input_transform_adjoint(z, spatial, pads, tiles):
     onto ``x_pad`` and cropped to ``x``, the transpose of
     :func:`input_transform`: ``(16, T, C) -> (N, *spatial, C)``."""
     th, tw = tiles
-    z = z.reshape(4, 4, -1, th, tw, z.shape[-1])
+    z = z.reshape(4, 4, z.shape[1] // (th * tw), th, tw, z.shape[-1])
     cols = [_b(*col) for col in zip(*z)]  # cols[b][i] = (B Z)[i, b]
     p = [_b(*row) for row in zip(*cols)]  # p[i][j] = (B Z B^T)[i, j]
 
@@ -145,7 +153,7 @@ def input_transform_adjoint(z, spatial, pads, tiles):
         for r in range(2)
     ]
     xp = jnp.stack([jnp.stack(row, 3) for row in blocks], 2)
-    xp = xp.reshape(xp.shape[0], 2 * th + 2, 2 * tw + 2, -1)
+    xp = xp.reshape(xp.shape[0], 2 * th + 2, 2 * tw + 2, z.shape[-1])
     crop = [
         (-lo, n + lo - 2 * t - 2)
         for n, t, (lo, _) in zip(spatial, tiles, pads, strict=True)
@@ -180,7 +188,7 @@ def output_transform(m, n, tiles, out):
     m = m.reshape(4, 4, n, th, tw, m.shape[-1])
     blocks = [_at(*row) for row in _at(*m)]  # [i][j], each (N, th, tw, F)
     y = jnp.stack([jnp.stack(row, 3) for row in blocks], 2)  # (N, th, 2, tw, 2, F)
-    y = y.reshape(n, 2 * th, 2 * tw, -1)
+    y = y.reshape(n, 2 * th, 2 * tw, m.shape[-1])
     return y[:, : out[0], : out[1]]
 
 
@@ -192,7 +200,7 @@ def output_transform_adjoint(dy, tiles):
     d = [[_every_other(d, (i, j), tiles) for j in range(2)] for i in range(2)]
     rows = [_a(*col) for col in zip(*d)]  # rows[j][a] = (A dY)[a, j]
     dm = [jnp.stack(_a(*row)) for row in zip(*rows)]  # dm[a] = (A dY A^T)[a, :]
-    return jnp.stack(dm).reshape(16, -1, dy.shape[-1])
+    return jnp.stack(dm).reshape(16, _count(dy, tiles), dy.shape[-1])
 
 
 def conv(x, w, pads):

@@ -195,3 +195,39 @@ def test_gpu_path_keeps_xla_convolutions(monkeypatch):
     y, _, cache = layer.forward(params, state, jnp.ones((1, 4, 4, 16)))
     program = str(jax.make_jaxpr(layer.backward)(params, cache, y))
     assert program.count("conv_general_dilated") == 2
+
+
+@pytest.mark.parametrize("constructor", [Conv, ConvTranspose])
+def test_empty_batch_through_winograd(constructor):
+    # The transforms reshaped with -1, undetermined for zero tiles: an empty
+    # batch died in a ZeroDivisionError inside jnp.reshape.
+    layer = constructor(16, (3, 3))
+    _, params, state = layer.init(KEY, (6, 6, 16))
+    x = jnp.ones((0, 6, 6, 16))
+    y, _, cache = layer.forward(params, state, x)
+    assert y.shape == (0, 6, 6, 16)
+    dparams, dx = layer.backward(params, cache, y)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dparams["w"], np.zeros((3, 3, 16, 16)))
+
+    def total(p, xx):
+        return jnp.sum(layer.apply(p, state, xx)[0])
+
+    auto, auto_dx = jax.grad(total, (0, 1))(params, x)
+    assert auto_dx.shape == x.shape
+    np.testing.assert_array_equal(auto["w"], np.zeros((3, 3, 16, 16)))
+
+
+def test_a_nan_reaches_the_same_outputs_as_in_the_direct_convolution():
+    # Winograd mixes a tile's inputs before the products, but each output's
+    # sums keep the direct convolution's structural zeros: one NaN input
+    # spoils exactly its 3x3 neighbourhood (an inf, subtracted in the
+    # transforms, mostly gives NaN instead of inf: documented).
+    pads = ((1, 1), (1, 1))
+    w = jnp.asarray(_normal(9, (3, 3, 16, 16)), jnp.float32)
+    for row, col in [(0, 0), (2, 3), (5, 5)]:
+        x = jnp.ones((1, 6, 6, 16)).at[0, row, col, 3].set(jnp.nan)
+        got = jnp.isnan(jax.jit(_winograd.conv, static_argnums=2)(x, w, pads))
+        want = jnp.isnan(_native.conv(x, w, (1, 1), pads))
+        assert int(want.sum()) > 0
+        np.testing.assert_array_equal(got, want)
