@@ -15,6 +15,7 @@ Shapes: ``x`` is ``(N, *spatial, C)``, a kernel ``w`` is ``(*window, C, F)``,
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,18 @@ def patches(x, window, strides, pads, out):
     of ``x_pad``, concatenated."""
     xp = pad_spatial(x, pads, 0.0)
     return jnp.concatenate([shifted(xp, k, strides, out) for k in offsets(window)], -1)
+
+
+def _views_first(x, window, strides, pads, out):
+    """The im2col of a one-channel ``x`` with the offsets first,
+    ``(|K|, M)`` with ``M = N prod(out)``: for ``C = 1`` a stack of the
+    shifted slices, with no transpose, so that ``dw = views @ dy`` is a
+    row-major matmul (XLA:CPU hands those to YNNPACK, and ``patches^T @
+    dy``, which contracts the leading axis of both, to a slower Eigen
+    kernel)."""
+    xp = pad_spatial(x, pads, 0.0)
+    views = [shifted(xp, k, strides, out)[..., 0] for k in offsets(window)]
+    return jnp.stack(views).reshape(len(views), x.shape[0] * math.prod(out))
 
 
 def _conv_by_offsets(x, w, strides, pads):
@@ -88,7 +101,8 @@ def conv(x, w, strides, pads):
     - ``conv(dx, w)`` as XLA's convolution, which transposes to XLA's
       transposed convolution for ``dx`` (the op the manual backward uses);
     - ``conv(x, dw)`` as ``patches(x) @ dw``, which transposes to one
-      matmul, ``patches^T @ dy``;
+      matmul, ``patches^T @ dy`` (for one input channel as ``views^T @
+      dw``, which transposes to the row-major ``views @ dy``);
     - with Winograd, each term as the transpose of Winograd's ``dx`` or
       ``dw`` (:func:`fnn._winograd.conv_tangent_x`, ``conv_tangent_w``),
       which JAX transposes back to those two.
@@ -119,6 +133,10 @@ def _conv_jvp(strides, pads, primals, tangents):
     if not isinstance(dw, SymbolicZero):
         if winograd:
             terms.append(_winograd.conv_tangent_w(x, dw, pads, y))
+        elif x.shape[-1] == 1:
+            views = _views_first(x, w.shape[:-2], strides, pads, y.shape[1:-1])
+            dw2 = dw.reshape(-1, dw.shape[-1])
+            terms.append((views.T @ dw2).reshape(y.shape))
         else:
             terms.append(_patches_times(x, dw, strides, pads))
     if not terms:
@@ -128,11 +146,16 @@ def _conv_jvp(strides, pads, primals, tangents):
 
 def conv_weight_grad(x, dy, window, strides, pads):
     """``dw[k, c, f] = sum_{n, o} x_pad[n, o*s + k, c] dy[n, o, f]`` as one
-    matmul, ``patches^T (|K| C, M) @ dy (M, F)`` with ``M = N prod(out)``;
-    returns ``(*window, C, F)``."""
-    p = patches(x, window, strides, pads, dy.shape[1:-1])
-    dw = p.reshape(-1, p.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
-    return dw.reshape(*window, x.shape[-1], dy.shape[-1])
+    matmul, ``patches^T (|K| C, M) @ dy (M, F)`` with ``M = N prod(out)``
+    (``views (|K|, M) @ dy`` for one input channel, see
+    :func:`_views_first`); returns ``(*window, C, F)``."""
+    out, f = dy.shape[1:-1], dy.shape[-1]
+    if x.shape[-1] == 1:
+        dw = _views_first(x, window, strides, pads, out) @ dy.reshape(-1, f)
+        return dw.reshape(*window, 1, f)
+    p = patches(x, window, strides, pads, out)
+    dw = p.reshape(-1, p.shape[-1]).T @ dy.reshape(-1, f)
+    return dw.reshape(*window, x.shape[-1], f)
 
 
 def max_pool(x, window, strides, pads):

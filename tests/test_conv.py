@@ -733,3 +733,21 @@ def test_conv_layers_declare_they_scan_badly_and_fit_reads_it_from_the_tree():
     renamed = Conv(2, 3)._replace(name="MyBlock")  # names play no part
     assert _backend.scan_by_default(serial(renamed)) == (not on_cpu)
     assert _backend.scan_by_default(backprop.manual_vjp(Conv(2, 3))) == (not on_cpu)
+
+
+@pytest.mark.parametrize(
+    "options, shape",
+    [
+        (dict(features=3, kernel_size=(3, 3)), (5, 6, 1)),
+        (dict(features=2, kernel_size=(2, 3), strides=2, padding="VALID"), (7, 6, 1)),
+        (dict(features=2, kernel_size=4, strides=2), (9, 1)),
+    ],
+    ids=["2d-same", "2d-valid-s2", "1d-s2"],
+)
+def test_one_channel_weight_gradient_by_offset_views(options, shape):
+    # One input channel: dw is views (|K|, M) @ dy, the views stacked with
+    # the offsets first, in the manual backward and in autodiff's transpose
+    # of the JVP; manual against autodiff against finite differences.
+    layer, _, params, state, x = _build(Conv, options, shape)
+    report = backprop.check_layer(layer, params, state, x)
+    assert report.ok, str(report)
