@@ -10,6 +10,10 @@ backend decides, and times both side by side, interleaved, in one process:
   and ``dx`` of the hand-written backward, and ``jax.vjp`` of the forward
   (what ``method="autodiff"`` runs);
 - per max pool (2x2 on 28x28x32 and 14x14x64): the same three;
+- the dense tail (Flatten, Dense 128, ReLU, Dense 10 on 7x7x64): forward,
+  the manual backward's parameter and input gradients, ``jax.vjp``;
+- one Adam update of the CNN's parameters (the same on every backend:
+  timed once, in the native column);
 - the whole training step, ``fnn.train.make_step``, with both methods, and
   PyTorch's eager step (NCHW-contiguous and ``channels_last``, each in a
   worker process of its own, ``benchmarks/worker.py``) when torch is
@@ -46,6 +50,7 @@ from benchmarks import allocator  # noqa: E402  (stdlib only: safe before jax)
 BATCH = 128
 CONVS = (((28, 28, 1), 32), ((14, 14, 32), 64))  # (input per example, features)
 POOLS = ((28, 28, 32), (14, 14, 64))
+DENSE_TAIL = "Dense tail 7x7x64 -> 128 -> 10"
 
 
 @contextlib.contextmanager
@@ -95,13 +100,39 @@ def layer_pieces(layer, shape, forced):
         return layer.backward(p, layer.forward(p, state, x)[2], dy)
 
     pieces = {"forward": compiled(forward, (params, x), forced)}
-    if params:
+    if isinstance(params, dict):
         dw = lambda p, x, dy: backward(p, x, dy)[0]["w"]  # noqa: E731
         pieces["dw (manual)"] = compiled(dw, (params, x, dy), forced)
+    elif params:  # a serial: every layer's parameter gradients
+        dp = lambda p, x, dy: backward(p, x, dy)[0]  # noqa: E731
+        pieces["dparams (manual)"] = compiled(dp, (params, x, dy), forced)
     dx = lambda p, x, dy: backward(p, x, dy)[1]  # noqa: E731
     pieces["dx (manual)"] = compiled(dx, (params, x, dy), forced)
     pieces["vjp (autodiff)"] = compiled(vjp, (params, x, dy), forced)
     return pieces
+
+
+def adam_piece():
+    """One Adam update (``fnn.optim.adam``, then ``optax.apply_updates``) of
+    the CNN's parameters with a gradient shaped like them, as the step runs
+    it (no backend-specific formulation: timed once)."""
+    import jax
+    import optax
+
+    import fnn.optim
+    from benchmarks import workloads
+    from benchmarks.contenders import fnn_steps
+
+    cnn = workloads.WORKLOADS["cnn"]
+    _, params, _ = fnn_steps.model(cnn).init(jax.random.key(0), cnn.input_shape)
+    grads = jax.tree.map(lambda p: 1e-3 * jax.numpy.ones_like(p), params)
+    optimizer = fnn.optim.adam(workloads.LEARNING_RATE)
+
+    def update(params, grads, state):
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return compiled(update, (params, grads, optimizer.init(params)), False)
 
 
 def step_pieces(forced):
@@ -142,6 +173,9 @@ def piece_flops(group, piece):
 
     if group == "CNN training step":
         return workloads.WORKLOADS["cnn"].step_flops()
+    if group == DENSE_TAIL:
+        forward = sum(2 * BATCH * i * o for i, o in workloads.CNN_DENSE)
+        return forward * (2 if piece.startswith("vjp") else 1)
     for (h, w, c), f in CONVS:
         if group == f"Conv {h}x{w}x{c}->{f}":
             product = 2 * BATCH * h * w * 9 * c * f  # 3x3 SAME, stride 1
@@ -160,6 +194,7 @@ def main(argv=None):
     import jax
 
     from benchmarks import harness
+    from fnn import layers as nn
     from fnn.conv import Conv
     from fnn.pool import MaxPool
 
@@ -167,12 +202,16 @@ def main(argv=None):
     timed = {}  # (group, piece, "native" | "chosen") -> zero-argument call
     groups = [(f"Conv {s[0]}x{s[1]}x{s[2]}->{f}", Conv(f, (3, 3)), s) for s, f in CONVS]
     groups += [(f"MaxPool 2x2 {s[0]}x{s[1]}x{s[2]}", MaxPool((2, 2)), s) for s in POOLS]
+    tail = nn.serial(nn.Flatten(), nn.Dense(128), nn.Relu, nn.Dense(10))
+    groups.append((DENSE_TAIL, tail, (7, 7, 64)))
     for group, layer, shape in groups:
         for forced, column in ((True, "native"), (False, "chosen")):
             for piece, call in layer_pieces(layer, shape, forced).items():
                 timed[group, piece, column] = call
                 if column == "native":
                     rows.append((group, piece))
+    timed["Adam", "update of the CNN's parameters", "native"] = adam_piece()
+    rows.append(("Adam", "update of the CNN's parameters"))
     for forced, column in ((True, "native"), (False, "chosen")):
         for piece, call in step_pieces(forced).items():
             timed["CNN training step", piece, column] = call
